@@ -1,0 +1,111 @@
+"""The ``catapults`` command line: a thin layer over the Python API.
+
+Exit codes: 0 success (a diverged run is a result, not an error), 1 a run that failed,
+2 bad input (config, arguments, data files: one message naming the field or file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from catapults.config import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        self.exit(2, f"catapults: error: {message}\n")
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="train one run from a YAML config")
+    p.add_argument("config", help="YAML config file (sections data, model, train, monitor, output)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set train.lr=0.5 (repeatable)")
+    p.add_argument("--out", help="run directory (overrides output.dir)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides train.device")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _cmd_run(args) -> int:
+    from catapults.config import load_config
+    from catapults.runs import run
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    cfg = load_config(args.config, overrides)
+    result = run(cfg, out_dir=args.out, overwrite=args.overwrite or None,
+                 progress=False if args.no_progress else None)
+    s = result.summary
+    print(f"status: {s['status']}  steps: {s['steps']}  final train loss: "
+          f"{s['final_train_loss']:.4g}  test loss: {s['final_test_loss']:.4g}"
+          + (f"  test error: {s['final_test_error']:.4f}" if s.get("final_test_error") is not None
+             else ""))
+    print(f"run directory: {result.dir}  (figures in {result.dir / 'figures'})")
+    return 0
+
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="show or validate configs")
+    csub = p.add_subparsers(dest="config_cmd", required=True, parser_class=_Parser)
+    show = csub.add_parser("show", help="print the full default config, every field documented "
+                           "(or a file's resolved config)")
+    show.add_argument("config", nargs="?", help="a config file to resolve (default: defaults)")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    val = csub.add_parser("validate", help="check a config file; exit 2 naming the bad field")
+    val.add_argument("config")
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _cmd_config(args) -> int:
+    import yaml
+
+    from catapults.config import describe_defaults, load_config
+
+    if args.config_cmd == "show":
+        if args.config is None and not args.overrides:
+            sys.stdout.write(describe_defaults())
+        else:
+            cfg = load_config(args.config, args.overrides)
+            sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+    load_config(args.config, args.overrides)
+    print(f"{args.config}: ok")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "config": _cmd_config}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="catapults", description="Loss spikes (catapults) in neural network "
+                     "training: NTK spectra, critical learning rates, AGOP alignment.")
+    from catapults import __version__
+
+    parser.add_argument("--version", action="version", version=f"catapults {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run(sub)
+    _add_config(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from catapults.data import DataError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError) as err:
+        print(f"catapults: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("catapults: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

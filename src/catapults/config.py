@@ -1,0 +1,400 @@
+"""Run configuration: a validated tree of sections ``data``, ``model``, ``train``, ``monitor``,
+``output``.
+
+Every field has a default and a description; ``catapults config show`` prints them all.
+Validation errors are raised as :class:`ConfigError`, whose message names the offending field
+(``train.lr_typo: unknown field``) so the CLI can print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration (file, override or field value) is invalid. The message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+class DataConfig(_Section):
+    name: Literal[
+        "synthetic", "digits", "mnist", "fashion-mnist", "cifar10", "svhn", "celeba"
+    ] = Field(
+        "synthetic",
+        description="Data set. 'synthetic': x ~ N(0, I_d) with a target expression; "
+        "'digits': scikit-learn's bundled 8x8 digits (offline); the others are read from "
+        "local files under `root` (see `catapults data list`).",
+    )
+    d: int = Field(100, ge=1, le=100_000, description="Input dimension (synthetic only).")
+    target: str = Field(
+        "x1*x2",
+        description="Synthetic target: a name (product2, product3, ...) or an arithmetic "
+        "expression over coordinates x1..xd, e.g. 'x1*x2 + 0.5*x3**2'. Allowed: + - * / **, "
+        "numbers, and the functions sin cos tanh exp abs relu sqrt.",
+    )
+    noise: float = Field(0.0, ge=0.0, description="Std of Gaussian label noise (training set).")
+    n_train: int = Field(256, ge=1, description="Number of training samples.")
+    n_test: int = Field(1000, ge=0, description="Number of test samples.")
+    classes: list[int] | None = Field(
+        None,
+        description="Real data: the classes to keep (None = all). Two classes give a binary "
+        "task with +-1 targets (first class -> +1) unless `encoding` is 'onehot'.",
+    )
+    encoding: Literal["auto", "binary", "onehot"] = Field(
+        "auto",
+        description="Real data targets: 'binary' (+-1, needs exactly two classes), 'onehot', "
+        "or 'auto' (binary for two classes, one-hot otherwise).",
+    )
+    attribute: str = Field(
+        "Smiling", description="CelebA only: the attribute that defines the binary task."
+    )
+    image_size: int | None = Field(
+        None, ge=1, description="Real image data: resize to image_size x image_size (None: keep)."
+    )
+    grayscale: bool = Field(False, description="Real image data: convert to one channel.")
+    standardize: bool = Field(
+        True, description="Real data: standardise inputs with training-set mean and std."
+    )
+    root: str | None = Field(
+        None,
+        description="Directory with real data files (default: $CATAPULTS_DATA, else ./data).",
+    )
+    seed: int = Field(0, ge=0, description="Seed for sampling the data and the subsets.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.classes is not None:
+            if len(self.classes) < 2:
+                raise ValueError("classes: need at least two classes")
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError("classes: repeated class")
+        if self.encoding == "binary" and self.classes is not None and len(self.classes) != 2:
+            raise ValueError("encoding: 'binary' needs exactly two classes")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------
+class ModelConfig(_Section):
+    arch: Literal["mlp"] = Field("mlp", description="Architecture: 'mlp' (fully connected).")
+    depth: int = Field(
+        2, ge=1, le=64,
+        description="Number of linear layers (2 = one hidden layer, the paper's '2-layer net').",
+    )
+    width: int = Field(1024, ge=1, description="Hidden width.")
+    activation: Literal["relu", "gelu", "tanh", "sigmoid", "silu", "softplus", "identity"] = Field(
+        "relu", description="Hidden activation."
+    )
+    bias: bool = Field(False, description="Use biases.")
+    parameterization: Literal["ntk", "standard"] = Field(
+        "ntk",
+        description="'ntk': W x / sqrt(fan_in) + bias_scale*b with W, b ~ N(0, 1) (SPEC.md s.1); "
+        "'standard': PyTorch's default nn.Linear initialisation, no 1/sqrt(fan_in) factor.",
+    )
+    bias_scale: float = Field(1.0, ge=0.0, description="beta in the NTK parameterisation.")
+    out_dim: int | None = Field(
+        None, ge=1, description="Output dimension (None: taken from the data's targets)."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+class ScheduleConfig(_Section):
+    kind: Literal["constant", "step", "warmup", "cosine"] = Field(
+        "constant",
+        description="'constant'; 'step': lr becomes values[i] at milestones[i]; 'warmup': "
+        "linear from 0 to lr over warmup steps, then constant; 'cosine': optional warm-up, then "
+        "cosine decay from lr to min_lr at the last step.",
+    )
+    milestones: list[int] = Field(
+        default_factory=list, description="'step': steps (or epochs, see unit) of the changes."
+    )
+    values: list[float] = Field(
+        default_factory=list, description="'step': the learning rates from each milestone on."
+    )
+    unit: Literal["step", "epoch"] = Field("step", description="Unit of milestones / warmup.")
+    warmup: int = Field(0, ge=0, description="Warm-up length (steps or epochs, see unit).")
+    min_lr: float = Field(0.0, ge=0.0, description="'cosine': final learning rate.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if self.kind == "step":
+            if len(self.milestones) != len(self.values):
+                raise ValueError("milestones and values must have the same length")
+            if any(m < 0 for m in self.milestones):
+                raise ValueError("milestones must be >= 0")
+            if list(self.milestones) != sorted(set(self.milestones)):
+                raise ValueError("milestones must be strictly increasing")
+            if any(not (v >= 0) for v in self.values):
+                raise ValueError("values must be >= 0")
+        return self
+
+
+class TrainConfig(_Section):
+    optimizer: Literal["gd", "sgd", "momentum", "adam"] = Field(
+        "gd",
+        description="'gd': full-batch gradient descent; 'sgd': mini-batch SGD; 'momentum': "
+        "(mini-batch) SGD with heavy-ball momentum; 'adam': Adam.",
+    )
+    lr: float = Field(1.0, gt=0.0, description="Learning rate (base value of the schedule).")
+    batch_size: int | None = Field(
+        None, ge=1,
+        description="Mini-batch size (None: full batch). 'gd' always uses the full batch.",
+    )
+    drop_last: bool = Field(True, description="Drop the last partial batch of each epoch.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="'momentum': momentum coefficient.")
+    nesterov: bool = Field(False, description="'momentum': Nesterov momentum.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="'adam': (beta1, beta2).")
+    eps: float = Field(1e-8, gt=0.0, description="'adam': epsilon.")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay (coupled).")
+    steps: int | None = Field(
+        None, ge=1, description="Number of optimiser steps (give steps or epochs, not both)."
+    )
+    epochs: int | None = Field(None, ge=1, description="Number of epochs (passes over the data).")
+    loss: Literal["mse", "cross_entropy"] = Field(
+        "mse",
+        description="'mse': torch.nn.MSELoss(reduction='mean') over all n*c entries (SPEC.md); "
+        "'cross_entropy': softmax CE for one-hot targets, logistic loss for +-1 targets.",
+    )
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    seed: int = Field(0, ge=0, description="Seed for initialisation and batch order.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA if present.")
+    dtype: Literal["float32", "float64"] = Field("float32", description="Parameter/data dtype.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: default).")
+    log_every: int = Field(1, ge=1, description="Write a metrics row every this many steps.")
+    eval_every: int = Field(
+        10, ge=1, description="Evaluate full train loss (SGD) and test loss every this many steps."
+    )
+    max_loss: float | None = Field(
+        None, gt=0.0,
+        description="Treat a loss above this as divergence (None: only NaN/inf diverges).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        if self.steps is None and self.epochs is None:
+            self.__dict__["steps"] = 1000
+        b1, b2 = self.betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError("betas must lie in [0, 1)")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# monitor
+# --------------------------------------------------------------------------------------------
+class NTKMonitorConfig(_Section):
+    enabled: bool = Field(False, description="Track the empirical NTK spectrum during training.")
+    every: int = Field(10, ge=1, description="Compute on the probe set every this many steps.")
+    k: int = Field(5, ge=1, description="Number of top eigenvalues to track.")
+    s: int | None = Field(
+        None, ge=1,
+        description="Top-eigenspace size for the loss split (None: number of eigenvalues above "
+        "the critical level n*c/lr, at least 1; capped at k).",
+    )
+    probe_size: int | None = Field(
+        None, ge=1,
+        description="Probe set: the first probe_size training samples (None: all for GD, "
+        "min(n, 512) for mini-batch training).",
+    )
+    kind: Literal["trace", "full"] = Field(
+        "full", description="Kernel for c > 1: 'full' (n*c x n*c) or 'trace' (n x n)."
+    )
+    batch: bool = Field(
+        True, description="Mini-batch training: lambda_max and eta_crit of every batch's kernel."
+    )
+    method: Literal["auto", "dense", "lanczos"] = Field(
+        "auto", description="Eigen-solver: dense eigh, matrix-free Lanczos, or auto by size."
+    )
+
+
+class AGOPMonitorConfig(_Section):
+    enabled: bool = Field(False, description="Track AGOP alignment with the true/reference AGOP.")
+    every: int = Field(50, ge=1, description="Compute every this many steps (and at the end).")
+    n_samples: int | None = Field(
+        None, ge=1, description="Samples for the network's AGOP (None: the whole training set)."
+    )
+    reference_run: str | None = Field(
+        None,
+        description="Real data: directory of a run whose final model's AGOP is the reference "
+        "(a proxy for the unknown true AGOP). Synthetic data: the exact target AGOP is used.",
+    )
+    centered: bool = Field(False, description="Centre the matrices before the cosine.")
+    sqrt: bool = Field(False, description="Compare matrix square roots of the AGOPs.")
+
+
+class EventsMonitorConfig(_Section):
+    enabled: bool = Field(False, description="Detect catapults in the loss and write events.json.")
+    ratio: float = Field(3.0, gt=1.0, description="A spike rises to ratio x the recent baseline.")
+    window: int = Field(20, ge=1, description="Window (steps) of the running baseline.")
+    warning_window: int = Field(
+        5, ge=0, description="Early warning: an event must start within this many steps of a flag."
+    )
+
+
+class MonitorConfig(_Section):
+    ntk: NTKMonitorConfig = Field(default_factory=NTKMonitorConfig)
+    agop: AGOPMonitorConfig = Field(default_factory=AGOPMonitorConfig)
+    events: EventsMonitorConfig = Field(default_factory=EventsMonitorConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------
+class OutputConfig(_Section):
+    dir: str = Field("runs/run", description="Run directory (the CLI's --out overrides it).")
+    overwrite: bool = Field(False, description="Replace an existing run directory.")
+    figures: bool = Field(True, description="Write figures/*.png at the end.")
+    checkpoint: bool = Field(True, description="Write checkpoint.pt at the end.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+class RunConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML-safe dict of every field (defaults included)."""
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------
+# loading and overrides
+# --------------------------------------------------------------------------------------------
+def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+        field = ".".join(loc)
+        if prefix:
+            field = f"{prefix}.{field}" if field else prefix
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        lines.append(f"{field or '<root>'}: {msg}" + (
+            f" (got {e['input']!r})" if e["type"] not in ("extra_forbidden", "missing")
+            and not isinstance(e.get("input"), dict) else ""))
+    return lines[0] if len(lines) == 1 else "; ".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any] | None) -> RunConfig:
+    """Validate a nested dict into a :class:`RunConfig`; raise :class:`ConfigError` naming the field."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("<root>: a config must be a mapping of sections")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``'train.lr=0.5'`` into (['train', 'lr'], 0.5); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.lr=0.5")
+    key, value = text.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"--set {text!r}: bad key {key!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return path, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``KEY=VALUE`` override applied (dotted keys)."""
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, p in enumerate(path[:-1]):
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"{'.'.join(path[: i + 1])}: is a value, not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config file (or the defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(f"{p}: not valid YAML{where}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: a config must be a mapping with sections data, model, ...")
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw)
+
+
+def describe_defaults() -> str:
+    """The full default config as commented YAML: every field with its default and meaning."""
+    lines: list[str] = [
+        "# catapults run config: every field with its default. Conventions: SPEC.md (README).",
+    ]
+
+    def emit(model_cls: type[BaseModel], indent: int) -> None:
+        pad = "  " * indent
+        instance = model_cls()
+        for name, field in model_cls.model_fields.items():
+            value = getattr(instance, name)
+            if isinstance(value, BaseModel):
+                if field.description:
+                    lines.append(f"{pad}# {field.description}")
+                lines.append(f"{pad}{name}:")
+                emit(type(value), indent + 1)
+                continue
+            dumped = yaml.safe_dump(
+                _jsonable(value), default_flow_style=True, width=1000
+            ).strip()
+            if dumped.endswith("\n..."):
+                dumped = dumped[: -len("\n...")]
+            dumped = dumped.removesuffix("...").strip()
+            desc = (field.description or "").strip()
+            lines.append(f"{pad}{name}: {dumped}" + (f"  # {desc}" if desc else ""))
+
+    for section, cls in [
+        ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig),
+        ("monitor", MonitorConfig), ("output", OutputConfig),
+    ]:
+        lines.append(f"{section}:")
+        emit(cls, 1)
+    return "\n".join(lines) + "\n"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value

@@ -1,0 +1,214 @@
+"""Data sets and tasks: synthetic regression with known targets, and real classification data.
+
+A :class:`Dataset` holds train/test tensors with targets always of shape ``(n, c)`` (``c = 1`` for
+regression and binary +-1 tasks, ``c`` classes for one-hot). Inputs keep their natural shape
+``(n, ...)``; models flatten them. Conventions: SPEC.md section 1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from catapults.config import ConfigError, DataConfig
+from catapults.targets import Target, TargetError, parse_target
+
+
+class DataError(ValueError):
+    """A data set cannot be loaded (missing, truncated or corrupt file). The message names it."""
+
+
+@dataclass
+class Dataset:
+    """Train/test data of one task.
+
+    Attributes:
+        X_train: ``(n_train, ...)`` inputs.  y_train: ``(n_train, c)`` targets.
+        X_test: ``(n_test, ...)``.  y_test: ``(n_test, c)``.
+        task: ``"regression"`` or ``"classification"`` (+-1 binary when c == 1, else one-hot).
+        target: the true function f* for synthetic tasks (maps ``(n, d)`` to ``(n,)``), else None.
+    """
+
+    X_train: Tensor
+    y_train: Tensor
+    X_test: Tensor
+    y_test: Tensor
+    task: Literal["regression", "classification"]
+    name: str
+    target: Target | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.X_train[0].numel())
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.y_train.shape[1])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Dataset:
+        def mv(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype) if dtype is not None else t.to(device)
+
+        return Dataset(mv(self.X_train), mv(self.y_train), mv(self.X_test), mv(self.y_test),
+                       self.task, self.name, self.target, dict(self.info))
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The real-data root: ``root`` if given, else ``$CATAPULTS_DATA``, else ``./data``."""
+    if root is not None:
+        return Path(root).expanduser()
+    return Path(os.environ.get("CATAPULTS_DATA", "data")).expanduser()
+
+
+# ---- synthetic ----------------------------------------------------------------------------
+def synthetic_regression(
+    target: str | Target | Callable[[Tensor], Tensor],
+    *,
+    d: int = 100,
+    n_train: int = 256,
+    n_test: int = 1000,
+    noise: float = 0.0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Dataset:
+    """x ~ N(0, I_d); y = f*(x) (+ N(0, noise^2) on the training targets only).
+
+    ``target`` is an expression or name (see :mod:`catapults.targets`), a parsed Target, or any
+    callable mapping ``(n, d)`` to ``(n,)``. Sampling is done in float64, then cast.
+    """
+    if isinstance(target, str):
+        target = parse_target(target, d)
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(n_train + n_test, d, generator=gen, dtype=torch.float64)
+    y = target(X).reshape(-1, 1)
+    y_train = y[:n_train].clone()
+    if noise > 0:
+        y_train += noise * torch.randn(n_train, 1, generator=gen, dtype=torch.float64)
+    return Dataset(
+        X[:n_train].to(dtype), y_train.to(dtype), X[n_train:].to(dtype), y[n_train:].to(dtype),
+        task="regression", name="synthetic", target=target if isinstance(target, Target) else None,
+        info={"target": getattr(target, "expression", repr(target)), "d": d, "noise": noise},
+    )
+
+
+# ---- real classification data ---------------------------------------------------------------
+def encode_labels(labels: Tensor, classes: list[int], encoding: str) -> Tensor:
+    """Targets ``(n, c)`` from integer labels: +-1 (first class +1) for 'binary', else one-hot."""
+    if encoding == "binary":
+        return torch.where(labels == classes[0], 1.0, -1.0).reshape(-1, 1)
+    index = {c: i for i, c in enumerate(classes)}
+    idx = torch.tensor([index[int(v)] for v in labels.tolist()], dtype=torch.long)
+    return torch.nn.functional.one_hot(idx, len(classes)).to(torch.float32)
+
+
+def classification_task(
+    X: Tensor,
+    labels: Tensor,
+    X_test: Tensor | None,
+    labels_test: Tensor | None,
+    *,
+    name: str,
+    classes: list[int] | None = None,
+    encoding: str = "auto",
+    n_train: int = 256,
+    n_test: int = 1000,
+    standardize: bool = True,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Dataset:
+    """A classification task from raw labelled data.
+
+    Keeps ``classes``, draws ``n_train`` / ``n_test`` samples with ``seed`` (from the test split
+    when one is given, else disjointly from the same pool), encodes targets, and standardises
+    each input feature with training-set mean and std.
+    """
+    all_classes = sorted(set(labels.tolist()) | set(
+        labels_test.tolist() if labels_test is not None else []))
+    classes = list(classes) if classes is not None else all_classes
+    missing = [c for c in classes if c not in all_classes]
+    if missing:
+        raise ConfigError(f"data.classes: {missing} not among the labels of {name} {all_classes}")
+    if encoding == "auto":
+        encoding = "binary" if len(classes) == 2 else "onehot"
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(Xs: Tensor, ls: Tensor, count: int, exclude: Tensor | None = None) -> Tensor:
+        mask = torch.isin(ls, torch.tensor(classes))
+        if exclude is not None:
+            mask[exclude] = False
+        idx = torch.nonzero(mask).flatten()
+        if count > idx.numel():
+            raise ConfigError(
+                f"data.n_train/n_test: asked for {count} samples of classes {classes} in {name}, "
+                f"only {idx.numel()} available")
+        return idx[torch.randperm(idx.numel(), generator=gen)[:count]]
+
+    tr = pick(X, labels, n_train)
+    if X_test is None or labels_test is None:
+        te = pick(X, labels, n_test, exclude=tr)
+        X_test, labels_test = X, labels
+    else:
+        te = pick(X_test, labels_test, n_test)
+    Xtr, Xte = X[tr].to(torch.float64), X_test[te].to(torch.float64)
+    if standardize:
+        mean = Xtr.mean(0, keepdim=True)
+        std = Xtr.std(0, keepdim=True) if n_train > 1 else torch.ones_like(mean)
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        Xtr, Xte = (Xtr - mean) / std, (Xte - mean) / std
+    return Dataset(
+        Xtr.to(dtype), encode_labels(labels[tr], classes, encoding).to(dtype),
+        Xte.to(dtype), encode_labels(labels_test[te], classes, encoding).to(dtype),
+        task="classification", name=name,
+        info={"classes": classes, "encoding": encoding},
+    )
+
+
+def load_digits_raw() -> tuple[Tensor, Tensor]:
+    """scikit-learn's bundled 8x8 digits (offline): X float32 in [0, 1], (1797, 1, 8, 8); labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    X = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return X, torch.tensor(bunch.target, dtype=torch.long)
+
+
+def load_dataset(
+    name: str, *, root: str | os.PathLike | None = None, split: str = "train"
+) -> tuple[Tensor, Tensor]:
+    """The raw data set ``name`` as ``(X, labels)``: X float32 in [0, 1] of shape (N, C, H, W).
+
+    ``digits`` has a single split (``split`` is ignored).
+    """
+    if name == "digits":
+        return load_digits_raw()
+    raise DataError(f"data set {name!r}: reading local files is not available yet")
+
+
+def make_dataset(cfg: DataConfig, *, dtype: torch.dtype = torch.float32) -> Dataset:
+    """Build the task described by the ``data`` config section."""
+    if cfg.name == "synthetic":
+        try:
+            target = parse_target(cfg.target, cfg.d)
+        except TargetError as err:
+            raise ConfigError(f"data.target: {err}") from None
+        return synthetic_regression(target, d=cfg.d, n_train=cfg.n_train, n_test=cfg.n_test,
+                                    noise=cfg.noise, seed=cfg.seed, dtype=dtype)
+    if cfg.name == "digits":
+        X, labels = load_digits_raw()
+        return classification_task(
+            X, labels, None, None, name="digits", classes=cfg.classes, encoding=cfg.encoding,
+            n_train=cfg.n_train, n_test=cfg.n_test, standardize=cfg.standardize, seed=cfg.seed,
+            dtype=dtype)
+    X, labels = load_dataset(cfg.name, root=cfg.root, split="train")
+    X_test, labels_test = load_dataset(cfg.name, root=cfg.root, split="test")
+    return classification_task(
+        X, labels, X_test, labels_test, name=cfg.name, classes=cfg.classes,
+        encoding=cfg.encoding, n_train=cfg.n_train, n_test=cfg.n_test,
+        standardize=cfg.standardize, seed=cfg.seed, dtype=dtype)

@@ -1,0 +1,235 @@
+"""Runs on disk: one directory per training run, written crash-safely.
+
+Layout::
+
+    RUN/config.yaml      the fully resolved config (every field)
+    RUN/metrics.jsonl    one JSON object per logged step, appended and flushed during training
+    RUN/summary.json     status (completed | diverged | failed), final losses, wall time, monitors
+    RUN/figures/*.png    figures
+    RUN/checkpoint.pt    {"model": state_dict, "config": dict, "step": int} at the end
+
+Every file except ``metrics.jsonl`` is written under a temporary name and renamed, so a reader
+never sees half a file. An existing run directory is only replaced with ``overwrite=True``.
+Non-finite floats are written as ``null`` (strict JSON).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from catapults.config import ConfigError, RunConfig
+
+
+class RunExistsError(ConfigError):
+    """The run directory exists and overwrite was not asked for."""
+
+
+# ---- atomic writing -------------------------------------------------------------------------
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def jsonable(obj: Any) -> Any:
+    """Make ``obj`` strict-JSON safe: tensors to lists, non-finite floats to None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return jsonable(obj.detach().cpu().tolist())
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return jsonable(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def save_torch_atomic(path: str | Path, obj: Any) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def save_figure_atomic(fig, path: str | Path, **kwargs) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=kwargs.pop("dpi", 120), bbox_inches="tight", **kwargs)
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+class MetricsFile:
+    """Append-only ``metrics.jsonl``: one strict-JSON object per line, flushed on every write."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fh = open(self.path, "a", buffering=1)
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (a torn last line, from a crash, is skipped)."""
+    rows = []
+    path = Path(run_dir) / "metrics.jsonl"
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+# ---- a run ----------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    """What :func:`run` returns: the run directory, its summary and the trained model."""
+
+    dir: Path
+    status: str
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+    model: torch.nn.Module
+
+
+def prepare_run_dir(out: str | Path, *, overwrite: bool) -> Path:
+    """Check that ``out`` may be written (raise :class:`RunExistsError` if not); nothing is written."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise RunExistsError(
+            f"output.dir: {out} already exists (use --overwrite to replace it)")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output.dir: {out} exists and is not a directory")
+    return out
+
+
+def run(config: RunConfig, *, out_dir: str | Path | None = None,
+        overwrite: bool | None = None, callbacks: list | None = None,
+        progress: bool | None = None) -> RunResult:
+    """Train as ``config`` says and write a run directory. The Python face of ``catapults run``.
+
+    Everything that can be validated (output directory, data, model, monitors) is checked before
+    the first file is written. A training crash leaves ``summary.json`` with status ``failed``
+    and re-raises; a NaN/inf loss ends the run with status ``diverged``.
+    """
+    from catapults.data import make_dataset
+    from catapults.models import build_model
+    from catapults.monitors import build_monitors
+    from catapults.reporting import plot_training
+    from catapults.training import Trainer, resolve_device
+
+    t0 = time.perf_counter()
+    overwrite = config.output.overwrite if overwrite is None else overwrite
+    out = prepare_run_dir(out_dir if out_dir is not None else config.output.dir,
+                          overwrite=overwrite)
+    device = resolve_device(config.train.device)
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
+    dtype = torch.float64 if config.train.dtype == "float64" else torch.float32
+    data = make_dataset(config.data, dtype=dtype)
+    model = build_model(config.model, in_dim=data.in_dim, out_dim=data.out_dim,
+                        seed=config.train.seed, dtype=dtype)
+    if (config.model.out_dim or data.out_dim) != data.out_dim:
+        raise ConfigError(f"model.out_dim: {config.model.out_dim} does not match the targets' "
+                          f"dimension {data.out_dim}")
+    monitors = build_monitors(config, data) + list(callbacks or [])
+    show = config.output.progress if progress is None else progress
+    trainer = Trainer(model, data, config.train, callbacks=monitors, progress=show, device=device)
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    resolved = config.to_dict()
+    resolved["output"]["dir"] = str(out)
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    metrics = MetricsFile(out / "metrics.jsonl")
+    trainer.sink = metrics
+    try:
+        result = trainer.fit()
+    except BaseException as err:
+        metrics.close()
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        write_json_atomic(out / "summary.json", {
+            "status": "failed", "reason": status, "error": f"{type(err).__name__}: {err}",
+            "wall_time_s": time.perf_counter() - t0})
+        raise
+    metrics.close()
+    summary = dict(result.summary)
+    summary["device"] = str(device)
+    summary["wall_time_s"] = time.perf_counter() - t0
+    if config.output.figures:
+        plot_training(result.history, out / "figures" / "loss.png",
+                      title=f"{config.data.name} / {config.train.optimizer}")
+    for m in monitors:
+        m.write_artifacts(out, figures=config.output.figures)
+    if config.output.checkpoint:
+        save_torch_atomic(out / "checkpoint.pt", {
+            "model": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+            "config": resolved, "step": result.steps})
+    summary["wall_time_s"] = time.perf_counter() - t0
+    write_json_atomic(out / "summary.json", summary)
+    return RunResult(out, summary["status"], summary, result.history, result.model)
+
+
+def load_run_model(run_dir: str | Path, *, map_location: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
+    """Rebuild a run's final model from ``checkpoint.pt`` and its ``config.yaml``."""
+    from catapults.config import config_from_dict
+    from catapults.models import build_model
+
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        raise ConfigError(f"{ckpt_path}: no checkpoint (is {run_dir} a finished run?)")
+    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    cfg = config_from_dict(ckpt["config"])
+    state = ckpt["model"]
+    weights = [v for k, v in state.items() if k.endswith("weight")]
+    in_dim, out_dim = weights[0].shape[1], weights[-1].shape[0]
+    dtype = weights[0].dtype
+    model = build_model(cfg.model, in_dim=in_dim, out_dim=out_dim, seed=0, dtype=dtype)
+    model.load_state_dict(state)
+    return model, cfg

@@ -1,0 +1,250 @@
+"""Synthetic target functions f*(x) over coordinates x1..xd, parsed safely from expressions.
+
+An expression such as ``"x1*x2 + 0.5*x3**2"`` is parsed with :mod:`ast` into a small tree of
+allowed operations (numbers, variables ``x1..xd`` (1-indexed), ``+ - * / **``, and the functions
+``sin cos tanh exp abs relu sqrt``); nothing is ever ``eval``-ed. A :class:`Target` evaluates on
+tensors ``X`` of shape ``(n, d)`` and returns ``(n,)``.
+
+For polynomial targets the expected AGOP under ``x ~ N(0, I_d)`` is computed exactly from Gaussian
+moments (:meth:`Target.expected_agop`); for other targets it is estimated by Monte Carlo.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+from torch import Tensor
+
+NAMED_TARGETS: dict[str, str] = {
+    "product2": "x1*x2",
+    "product3": "x1*x2*x3",
+    "product4": "x1*x2*x3*x4",
+    "linear1": "x1",
+    "quadratic": "x1**2 - 1",
+}
+
+_FUNCS = {
+    "sin": torch.sin,
+    "cos": torch.cos,
+    "tanh": torch.tanh,
+    "exp": torch.exp,
+    "abs": torch.abs,
+    "relu": torch.relu,
+    "sqrt": torch.sqrt,
+}
+_VAR = re.compile(r"^x([1-9][0-9]*)$")
+
+
+class TargetError(ValueError):
+    """A target expression is malformed or refers to coordinates that do not exist."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed scalar target function of ``x ∈ R^d``.
+
+    Call it on ``X`` of shape ``(n, d)`` (or ``(n, ...)``, flattened) to get ``(n,)``.
+    """
+
+    expression: str
+    d: int
+    _tree: ast.Expression
+
+    def __call__(self, X: Tensor) -> Tensor:
+        X = X.reshape(X.shape[0], -1)
+        if X.shape[1] != self.d:
+            raise ValueError(f"target {self.expression!r} expects d={self.d}, got {X.shape[1]}")
+        out = _eval(self._tree.body, X)
+        if not isinstance(out, Tensor):
+            out = torch.full((X.shape[0],), float(out), dtype=X.dtype, device=X.device)
+        return out
+
+    @property
+    def variables(self) -> set[int]:
+        """0-based indices of the coordinates the target depends on."""
+        return {int(_VAR.match(n.id).group(1)) - 1 for n in ast.walk(self._tree)
+                if isinstance(n, ast.Name)}
+
+    def polynomial(self) -> dict[tuple[int, ...], Fraction] | None:
+        """The target as {exponent tuple (length d): coefficient}, or None if not polynomial."""
+        try:
+            return _poly(self._tree.body, self.d)
+        except _NotPolynomial:
+            return None
+
+    def expected_agop(
+        self, *, n_mc: int = 200_000, seed: int = 0, dtype: torch.dtype = torch.float64
+    ) -> Tensor:
+        """E_x[∇f*(x) ∇f*(x)ᵀ] for x ~ N(0, I_d), shape (d, d).
+
+        Exact (Gaussian moments of the gradient polynomials) when the target is a polynomial with
+        rational coefficients; otherwise a Monte-Carlo estimate from ``n_mc`` samples.
+        """
+        poly = self.polynomial()
+        if poly is not None:
+            return _poly_agop(poly, self.d).to(dtype)
+        from catapults.agop import agop  # local import: agop depends on nothing here
+
+        gen = torch.Generator().manual_seed(seed)
+        X = torch.randn(n_mc, self.d, generator=gen, dtype=torch.float64)
+        return agop(self, X).to(dtype)
+
+
+def parse_target(expression: str, d: int) -> Target:
+    """Parse a target name or expression over x1..xd; raise :class:`TargetError` if invalid."""
+    text = NAMED_TARGETS.get(expression.strip(), expression.strip())
+    if not text:
+        raise TargetError("empty target expression")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        raise TargetError(f"cannot parse {expression!r} as an arithmetic expression") from None
+    _validate(tree.body, d, expression)
+    return Target(expression=text, d=d, _tree=tree)
+
+
+def _validate(node: ast.AST, d: int, src: str) -> None:
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+            raise TargetError(f"{src!r}: only numbers are allowed as constants")
+    elif isinstance(node, ast.Name):
+        m = _VAR.match(node.id)
+        if not m:
+            raise TargetError(f"{src!r}: unknown name {node.id!r} (use x1..x{d})")
+        if int(m.group(1)) > d:
+            raise TargetError(f"{src!r}: {node.id} does not exist for d={d}")
+    elif isinstance(node, ast.BinOp):
+        if not isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)):
+            raise TargetError(f"{src!r}: operator {type(node.op).__name__} is not allowed")
+        _validate(node.left, d, src)
+        _validate(node.right, d, src)
+    elif isinstance(node, ast.UnaryOp):
+        if not isinstance(node.op, (ast.USub, ast.UAdd)):
+            raise TargetError(f"{src!r}: operator {type(node.op).__name__} is not allowed")
+        _validate(node.operand, d, src)
+    elif isinstance(node, ast.Call):
+        if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS:
+            raise TargetError(f"{src!r}: only the functions {', '.join(_FUNCS)} are allowed")
+        if len(node.args) != 1 or node.keywords:
+            raise TargetError(f"{src!r}: {node.func.id} takes exactly one argument")
+        _validate(node.args[0], d, src)
+    else:
+        raise TargetError(f"{src!r}: {type(node).__name__} is not allowed in a target")
+
+
+def _eval(node: ast.AST, X: Tensor):
+    if isinstance(node, ast.Constant):
+        return float(node.value)
+    if isinstance(node, ast.Name):
+        return X[:, int(node.id[1:]) - 1]
+    if isinstance(node, ast.UnaryOp):
+        v = _eval(node.operand, X)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.Call):
+        v = _eval(node.args[0], X)
+        if not isinstance(v, Tensor):
+            v = torch.tensor(v, dtype=X.dtype, device=X.device)
+        return _FUNCS[node.func.id](v)
+    left, right = _eval(node.left, X), _eval(node.right, X)
+    op = node.op
+    if isinstance(op, ast.Add):
+        return left + right
+    if isinstance(op, ast.Sub):
+        return left - right
+    if isinstance(op, ast.Mult):
+        return left * right
+    if isinstance(op, ast.Div):
+        return left / right
+    return left**right
+
+
+# ---- exact polynomial algebra ---------------------------------------------------------------
+class _NotPolynomial(Exception):
+    pass
+
+
+Poly = dict[tuple[int, ...], Fraction]
+
+
+def _poly(node: ast.AST, d: int) -> Poly:
+    zero = (0,) * d
+    if isinstance(node, ast.Constant):
+        return {zero: Fraction(node.value).limit_denominator(10**12)}
+    if isinstance(node, ast.Name):
+        e = [0] * d
+        e[int(node.id[1:]) - 1] = 1
+        return {tuple(e): Fraction(1)}
+    if isinstance(node, ast.UnaryOp):
+        p = _poly(node.operand, d)
+        return {k: -v for k, v in p.items()} if isinstance(node.op, ast.USub) else p
+    if isinstance(node, ast.BinOp):
+        a = _poly(node.left, d)
+        if isinstance(node.op, ast.Pow):
+            b = _poly(node.right, d)
+            if set(b) != {zero} or b[zero].denominator != 1 or b[zero] < 0 or b[zero] > 16:
+                raise _NotPolynomial
+            out: Poly = {zero: Fraction(1)}
+            for _ in range(int(b[zero])):
+                out = _mul(out, a)
+            return out
+        b = _poly(node.right, d)
+        if isinstance(node.op, ast.Add):
+            return _add(a, b, 1)
+        if isinstance(node.op, ast.Sub):
+            return _add(a, b, -1)
+        if isinstance(node.op, ast.Mult):
+            return _mul(a, b)
+        if isinstance(node.op, ast.Div) and set(b) == {zero} and b[zero] != 0:
+            return {k: v / b[zero] for k, v in a.items()}
+    raise _NotPolynomial
+
+
+def _add(a: Poly, b: Poly, sign: int) -> Poly:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, Fraction(0)) + sign * v
+    return {k: v for k, v in out.items() if v != 0}
+
+
+def _mul(a: Poly, b: Poly) -> Poly:
+    out: Poly = {}
+    for ka, va in a.items():
+        for kb, vb in b.items():
+            k = tuple(x + y for x, y in zip(ka, kb))
+            out[k] = out.get(k, Fraction(0)) + va * vb
+    return {k: v for k, v in out.items() if v != 0}
+
+
+def _gauss_moment(k: int) -> int:
+    """E[z^k] for z ~ N(0, 1): (k-1)!! for even k, 0 for odd k."""
+    return 0 if k % 2 else math.prod(range(k - 1, 0, -2))
+
+
+def _expect(p: Poly) -> Fraction:
+    return sum((v * math.prod(_gauss_moment(e) for e in k) for k, v in p.items()), Fraction(0))
+
+
+def _poly_agop(poly: Poly, d: int) -> Tensor:
+    grads: list[Poly] = []
+    for i in range(d):
+        g: Poly = {}
+        for k, v in poly.items():
+            if k[i] > 0:
+                kk = list(k)
+                kk[i] -= 1
+                g[tuple(kk)] = g.get(tuple(kk), Fraction(0)) + v * k[i]
+        grads.append(g)
+    G = torch.zeros(d, d, dtype=torch.float64)
+    active = [i for i in range(d) if grads[i]]
+    for a in active:
+        for b in active:
+            if b < a:
+                continue
+            val = float(_expect(_mul(grads[a], grads[b])))
+            G[a, b] = G[b, a] = val
+    return G

@@ -1,0 +1,334 @@
+"""The training engine: GD / SGD / momentum / Adam on mean-MSE (or cross-entropy), with learning-
+rate schedules, divergence handling, a progress bar and a callback interface for monitors.
+
+Step ``t`` of training takes parameters ``θ_t`` to ``θ_{t+1}``. The metrics row of step ``t``
+describes ``θ_t`` (the loss of the batch used by update ``t``, the learning rate ``η_t`` used by it,
+and whatever monitors measure before the update), so a row's ``loss`` and ``lr`` are the pair that
+decides whether update ``t`` is above the critical learning rate.
+
+Callbacks (monitors) see training through four hooks and never need the trainer to know them::
+
+    class Callback:
+        def on_train_begin(self, state): ...
+        def on_step_begin(self, state, X, y, record): ...   # model at θ_t; add keys to record
+        def on_step_end(self, state, record): ...           # model at θ_{t+1}
+        def on_train_end(self, state, summary): ...         # add final figures to summary
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from catapults.config import ConfigError, ScheduleConfig, TrainConfig
+from catapults.data import Dataset
+
+
+# ---- losses ---------------------------------------------------------------------------------
+def mse_loss(output: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over all ``n*c`` entries: ``torch.nn.MSELoss(reduction='mean')``."""
+    return F.mse_loss(output, target.reshape(output.shape), reduction="mean")
+
+
+def cross_entropy_loss(output: Tensor, target: Tensor) -> Tensor:
+    """Softmax cross-entropy for one-hot targets ``(n, c)``; logistic loss for +-1 targets ``(n, 1)``."""
+    if output.shape[1] == 1:
+        return F.softplus(-target.reshape(output.shape) * output).mean()
+    return F.cross_entropy(output, target.argmax(1))
+
+
+def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    return {"mse": mse_loss, "cross_entropy": cross_entropy_loss}[name]
+
+
+def error_rate(output: Tensor, target: Tensor) -> float:
+    """Classification error: sign for +-1 targets (c = 1), argmax for one-hot targets."""
+    if output.shape[1] == 1:
+        pred = torch.where(output > 0, 1.0, -1.0)
+        return (pred != target.reshape(output.shape)).float().mean().item()
+    return (output.argmax(1) != target.argmax(1)).float().mean().item()
+
+
+# ---- schedules ------------------------------------------------------------------------------
+def make_schedule(
+    cfg: ScheduleConfig, base_lr: float, *, total_steps: int, steps_per_epoch: int = 1
+) -> Callable[[int], float]:
+    """A function ``step -> learning rate``.
+
+    'step': ``base_lr`` until ``milestones[0]``, then ``values[i]`` from ``milestones[i]`` on.
+    'warmup': linear ramp ``base_lr * (t+1)/W`` for ``t < W``, then ``base_lr``.
+    'cosine': the warm-up, then ``min_lr + (base_lr-min_lr)(1+cos(pi u))/2`` with u going 0 -> 1
+    over the remaining steps. Milestones and warm-up are in steps or epochs (``cfg.unit``).
+    """
+    mult = steps_per_epoch if cfg.unit == "epoch" else 1
+    warm = cfg.warmup * mult
+    milestones = [m * mult for m in cfg.milestones]
+    values = list(cfg.values)
+
+    def lr(step: int) -> float:
+        if cfg.kind == "step":
+            value = base_lr
+            for m, v in zip(milestones, values):
+                if step >= m:
+                    value = v
+        elif cfg.kind == "cosine":
+            span = max(total_steps - warm - 1, 1)
+            u = min(max(step - warm, 0) / span, 1.0)
+            value = cfg.min_lr + (base_lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * u))
+        else:
+            value = base_lr
+        if warm > 0 and step < warm:
+            value = value * (step + 1) / warm
+        return value
+
+    return lr
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """torch optimiser for ``cfg.optimizer`` ('gd' and 'sgd' are plain SGD; the batch differs)."""
+    if cfg.optimizer in ("gd", "sgd"):
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                            weight_decay=cfg.weight_decay)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without CUDA is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' requested but CUDA is not available")
+    return torch.device(name)
+
+
+# ---- callbacks ------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """What callbacks see. ``step``/``epoch``/``lr`` refer to the current update."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    data: Dataset
+    config: TrainConfig
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    device: torch.device
+    total_steps: int
+    batch_size: int
+    step: int = 0
+    epoch: int = 0
+    lr: float = 0.0
+    batch_index: Tensor | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size >= self.data.X_train.shape[0]
+
+
+class Callback:
+    """Base class of monitors; override any hook. Hooks must not change the parameters."""
+
+    name = "callback"
+
+    def on_train_begin(self, state: TrainState) -> None:  # noqa: B027
+        pass
+
+    def on_step_begin(self, state: TrainState, X: Tensor, y: Tensor,
+                      record: dict[str, Any]) -> None:  # noqa: B027
+        pass
+
+    def on_step_end(self, state: TrainState, record: dict[str, Any]) -> None:  # noqa: B027
+        pass
+
+    def on_train_end(self, state: TrainState, summary: dict[str, Any]) -> None:  # noqa: B027
+        pass
+
+    def write_artifacts(self, run_dir, *, figures: bool = True) -> None:  # noqa: B027
+        """Write the monitor's files (and figures) into the run directory."""
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed" | "diverged"
+    steps: int
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    model: nn.Module
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, X: Tensor, y: Tensor, loss_fn, *, classification: bool,
+             chunk: int = 8192) -> tuple[float, float | None]:
+    """(loss, error or None) of ``model`` on (X, y), in chunks of ``chunk`` samples."""
+    if X.shape[0] == 0:
+        return float("nan"), None
+    outs = [model(X[i:i + chunk]) for i in range(0, X.shape[0], chunk)]
+    out = torch.cat(outs)
+    loss = loss_fn(out, y).item()
+    return loss, (error_rate(out, y) if classification else None)
+
+
+# ---- the trainer ----------------------------------------------------------------------------
+class Trainer:
+    """Train ``model`` on ``data`` as ``config`` says, reporting each step to ``callbacks`` and
+    each metrics row to ``sink``.
+
+    Example::
+
+        result = Trainer(model, data, TrainConfig(optimizer="sgd", lr=0.5, batch_size=32,
+                                                  steps=2000)).fit()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Dataset,
+        config: TrainConfig,
+        *,
+        callbacks: Sequence[Callback] = (),
+        sink: Callable[[dict[str, Any]], None] | None = None,
+        progress: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device) if device is not None else resolve_device(config.device)
+        dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        self.model = model.to(device=self.device, dtype=dtype)
+        self.data = data.to(self.device, dtype)
+        self.callbacks = list(callbacks)
+        self.sink = sink
+        self.progress = progress
+        if config.loss == "cross_entropy" and data.task != "classification":
+            raise ConfigError("train.loss: 'cross_entropy' needs a classification data set")
+
+        n = self.data.X_train.shape[0]
+        full = config.optimizer == "gd" or config.batch_size is None
+        b = n if full else config.batch_size
+        if b > n:
+            raise ConfigError(f"train.batch_size: {b} is larger than the training set ({n})")
+        self.batch_size = b
+        self.steps_per_epoch = n // b if config.drop_last else math.ceil(n / b)
+        self.total_steps = config.steps if config.steps is not None else (
+            config.epochs * self.steps_per_epoch)
+        self.schedule = make_schedule(config.schedule, config.lr, total_steps=self.total_steps,
+                                      steps_per_epoch=self.steps_per_epoch)
+        self.loss_fn = get_loss(config.loss)
+        self.optimizer = make_optimizer(self.model.parameters(), config)
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+
+    def _batches(self):
+        n = self.data.X_train.shape[0]
+        epoch = 0
+        while True:
+            if self.batch_size == n:
+                yield epoch, None
+                epoch += 1
+                continue
+            perm = torch.randperm(n, generator=self.generator)
+            for i in range(self.steps_per_epoch):
+                idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
+                yield epoch, idx.to(self.device)
+            epoch += 1
+
+    def fit(self) -> TrainResult:
+        cfg, data = self.config, self.data
+        classification = data.task == "classification"
+        state = TrainState(self.model, self.optimizer, data, cfg, self.loss_fn, self.device,
+                           self.total_steps, self.batch_size)
+        for cb in self.callbacks:
+            cb.on_train_begin(state)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, unit="step", mininterval=0.5, dynamic_ncols=True)
+        status, t0 = "completed", time.perf_counter()
+        batches = self._batches()
+        step = 0
+        try:
+            for step in range(self.total_steps):
+                epoch, idx = next(batches)
+                lr = self.schedule(step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                state.step, state.epoch, state.lr, state.batch_index = step, epoch, lr, idx
+                X, y = (data.X_train, data.y_train) if idx is None else (
+                    data.X_train[idx], data.y_train[idx])
+                record: dict[str, Any] = {"step": step, "epoch": epoch, "lr": lr}
+                for cb in self.callbacks:
+                    cb.on_step_begin(state, X, y, record)
+
+                loss = self.loss_fn(self.model(X), y)
+                loss_value = loss.item()
+                record["loss"] = loss_value
+                evaluate_now = step % cfg.eval_every == 0
+                if idx is None:
+                    record["train_loss"] = loss_value
+                elif evaluate_now:
+                    record["train_loss"], _ = evaluate(self.model, data.X_train, data.y_train,
+                                                       self.loss_fn, classification=False)
+                if evaluate_now and data.X_test.shape[0] > 0:
+                    test_loss, test_err = evaluate(self.model, data.X_test, data.y_test,
+                                                   self.loss_fn, classification=classification)
+                    record["test_loss"] = test_loss
+                    if test_err is not None:
+                        record["test_error"] = test_err
+
+                if not math.isfinite(loss_value) or (
+                        cfg.max_loss is not None and loss_value > cfg.max_loss):
+                    status = "diverged"
+                    self._emit(state, record, force=True)
+                    break
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                for cb in self.callbacks:
+                    cb.on_step_end(state, record)
+                self._emit(state, record)
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0:
+                        bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.4g}", refresh=False)
+            else:
+                step = self.total_steps
+        finally:
+            if bar is not None:
+                bar.close()
+
+        summary: dict[str, Any] = {"status": status, "steps": step}
+        with torch.no_grad():
+            train_loss, train_err = evaluate(self.model, data.X_train, data.y_train,
+                                             self.loss_fn, classification=classification)
+            test_loss, test_err = evaluate(self.model, data.X_test, data.y_test, self.loss_fn,
+                                           classification=classification)
+        if status == "completed" and not math.isfinite(train_loss):
+            status = summary["status"] = "diverged"
+        summary.update(final_train_loss=train_loss, final_test_loss=test_loss)
+        if classification:
+            summary.update(final_train_error=train_err, final_test_error=test_err)
+        summary["train_time_s"] = time.perf_counter() - t0
+        summary["monitors"] = {}
+        state.step = step
+        for cb in self.callbacks:
+            cb.on_train_end(state, summary)
+        return TrainResult(status, step, state.history, summary, self.model)
+
+    def _emit(self, state: TrainState, record: dict[str, Any], *, force: bool = False) -> None:
+        """Keep every row in memory; write rows on log_every, evaluations and monitor output."""
+        state.history.append(record)
+        if self.sink is None:
+            return
+        if (force or record["step"] % self.config.log_every == 0 or "test_loss" in record
+                or any("/" in key for key in record)):
+            self.sink(record)
