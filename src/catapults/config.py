@@ -298,7 +298,9 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
 
 
 def config_from_dict(raw: dict[str, Any] | None) -> RunConfig:
-    """Validate a nested dict into a :class:`RunConfig`; raise :class:`ConfigError` naming the field."""
+    """Validate a nested dict into a :class:`RunConfig`.
+
+    Raises :class:`ConfigError` whose message names the field."""
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError("<root>: a config must be a mapping of sections")

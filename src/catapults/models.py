@@ -70,7 +70,8 @@ class ScaledLinear(nn.Module):
                 if self.bias is not None:
                     self.bias.uniform_(-bound, bound, generator=generator)
         else:
-            raise ValueError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}")
+            raise ValueError(
+                f"parameterization must be 'ntk' or 'standard', got {parameterization!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight if self.weight_scale == 1.0 else self.weight * self.weight_scale

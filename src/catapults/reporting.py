@@ -65,3 +65,50 @@ def plot_training(history: Sequence[dict[str, Any]], path: str | Path, *, title:
     path = Path(path)
     save_figure_atomic(fig, path)
     return path
+
+
+def plot_loss_split(rows: Sequence[dict[str, Any]], path: str | Path, *,
+                    events: Sequence[Any] = ()) -> Path:
+    """The probe loss L with its top-eigenspace part L_top and the rest L_rest (log scale)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key, label, color in [("ntk/L", "L (probe set)", "C0"),
+                              ("ntk/L_top", "L_top (top-s eigenspace)", "C3"),
+                              ("ntk/L_rest", "L_rest", "C2")]:
+        x, y = _series(rows, key)
+        ax.plot(x, [max(v, 1e-16) for v in y], label=label, color=color, lw=1.1)
+    for ev in events:
+        ax.axvspan(ev.start, ev.end, color="C3", alpha=0.12, lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Loss in the top eigenspace of the NTK and the rest")
+    ax.legend(fontsize=8)
+    path = Path(path)
+    save_figure_atomic(fig, path)
+    return path
+
+
+def plot_spectrum(rows: Sequence[dict[str, Any]], path: str | Path, *,
+                  batch_rows: Sequence[dict[str, Any]] = ()) -> Path:
+    """λ_1..λ_k of the NTK against the critical level n·c/η (dashed); batch λ_max if tracked."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    steps = [r["step"] for r in rows]
+    lam = [r["ntk/lambda"] for r in rows]
+    k = max(len(v) for v in lam)
+    for i in range(k):
+        ax.plot(steps, [v[i] if i < len(v) else float("nan") for v in lam], lw=1.1,
+                label=f"λ_{i + 1}", color=plt.cm.viridis(i / max(k - 1, 1)))
+    ax.plot(steps, [r["ntk/critical_level"] for r in rows], "k--", lw=1.0,
+            label="critical level n·c/η")
+    if batch_rows:
+        bs = [r["step"] for r in batch_rows]
+        ax.plot(bs, [r["ntk/batch_lambda_max"] for r in batch_rows], lw=0.5, alpha=0.5,
+                color="C1", label="λ_max(K_B) (batch)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("eigenvalue of K")
+    ax.set_title("Top NTK eigenvalues against the critical level")
+    ax.legend(fontsize=8, ncol=2)
+    path = Path(path)
+    save_figure_atomic(fig, path)
+    return path

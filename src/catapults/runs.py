@@ -137,7 +137,7 @@ class RunResult:
 
 
 def prepare_run_dir(out: str | Path, *, overwrite: bool) -> Path:
-    """Check that ``out`` may be written (raise :class:`RunExistsError` if not); nothing is written."""
+    """Check that ``out`` may be written, else raise :class:`RunExistsError`. Writes nothing."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise RunExistsError(
@@ -215,7 +215,9 @@ def run(config: RunConfig, *, out_dir: str | Path | None = None,
     return RunResult(out, summary["status"], summary, result.history, result.model)
 
 
-def load_run_model(run_dir: str | Path, *, map_location: str = "cpu") -> tuple[torch.nn.Module, RunConfig]:
+def load_run_model(
+    run_dir: str | Path, *, map_location: str = "cpu"
+) -> tuple[torch.nn.Module, RunConfig]:
     """Rebuild a run's final model from ``checkpoint.pt`` and its ``config.yaml``."""
     from catapults.config import config_from_dict
     from catapults.models import build_model

@@ -38,7 +38,7 @@ def mse_loss(output: Tensor, target: Tensor) -> Tensor:
 
 
 def cross_entropy_loss(output: Tensor, target: Tensor) -> Tensor:
-    """Softmax cross-entropy for one-hot targets ``(n, c)``; logistic loss for +-1 targets ``(n, 1)``."""
+    """Softmax cross-entropy for one-hot targets ``(n, c)``; logistic loss for +-1 targets."""
     if output.shape[1] == 1:
         return F.softplus(-target.reshape(output.shape) * output).mean()
     return F.cross_entropy(output, target.argmax(1))

@@ -1,0 +1,40 @@
+# Set-up is shared by every target: a .venv with the pinned dependencies (requirements.txt).
+# torch is installed first, pinned, so pip never resolves a bare or newer (CUDA, 5 GB) build.
+PY ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-all lint bench data clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/catapults run examples/demo-multi-catapult.yaml --out runs/demo --overwrite
+	@echo "Figures: runs/demo/figures/ (loss.png, ntk_loss_split.png, ntk_spectrum.png)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m ""
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	bash benchmarks/run.sh
+
+data:
+	bash scripts/get_data.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,98 @@
+"""The NTK monitor: top eigenvalues, critical learning rates and the top-eigenspace loss split,
+tracked during training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from catapults import ntk
+from catapults.training import Callback, TrainState
+
+
+class NTKMonitor(Callback):
+    """Track the empirical NTK spectrum and the top-eigenspace loss split.
+
+    Every ``every`` steps, on a fixed probe set ``(X, y)`` (``n`` samples, ``c`` outputs), at the
+    parameters ``θ_t`` before update ``t``: ``λ_1..λ_k`` of the full kernel, ``η_crit = n·c/λ_1``,
+    the critical level ``n·c/η_t`` and ``(L, L_top, L_rest)`` for the top ``s`` eigenvectors
+    (``s`` fixed, or by default the number of ``λ_i > n·c/η_t``, at least 1, at most ``k``).
+    With ``batch=True`` (mini-batch training) also, every step, ``λ_max(K_B)`` and
+    ``η_crit(B) = b·c/λ_max(K_B)`` of the current batch. Keys are written as ``ntk/...``.
+
+    Outside the trainer: ``row = monitor.measure(model, lr)`` returns the same figures.
+    """
+
+    name = "ntk"
+
+    def __init__(self, X: Tensor, y: Tensor, *, k: int = 5, every: int = 10,
+                 s: int | None = None, kind: str = "full", batch: bool = True,
+                 method: str = "auto") -> None:
+        self.X, self.y = X, y.reshape(X.shape[0], -1)
+        self.k, self.every, self.s, self.kind = k, every, s, kind
+        self.batch, self.method = batch, method
+        self._vecs: Tensor | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.batch_rows: list[dict[str, Any]] = []
+
+    def measure(self, model: nn.Module, lr: float) -> dict[str, Any]:
+        X, y = self.X, self.y
+        nc = y.numel()
+        if self.method == "lanczos":
+            vals, vecs = ntk.top_eigenpairs(model, X, self.k, kind="full", method="lanczos",
+                                            v0=self._vecs)
+        else:
+            K = ntk.empirical_ntk(model, X, kind="full", check=False)
+            vals, vecs = ntk.eig_top(K, self.k, v0=self._vecs)
+        self._vecs = vecs
+        level = nc / lr
+        s = self.s or max(1, int((vals > level).sum()))
+        s = min(s, vals.numel())
+        with torch.no_grad():
+            r = (model(X).reshape(y.shape) - y).reshape(-1)
+        L, L_top, L_rest = ntk.split_from_eigvecs(r, vecs[:, :s])
+        lam = [float(v) for v in vals]
+        return {"ntk/lambda": lam, "ntk/eta_crit": nc / lam[0], "ntk/critical_level": level,
+                "ntk/s": s, "ntk/L": L, "ntk/L_top": L_top, "ntk/L_rest": L_rest}
+
+    def on_train_begin(self, state: TrainState) -> None:
+        ntk.check_per_sample(state.model, self.X.to(state.device))
+        self.X, self.y = self.X.to(state.device, state.data.X_train.dtype), self.y.to(
+            state.device, state.data.X_train.dtype)
+
+    def on_step_begin(self, state: TrainState, X: Tensor, y: Tensor,
+                      record: dict[str, Any]) -> None:
+        if self.batch and not state.full_batch and state.lr > 0:
+            Kb = ntk.empirical_ntk(state.model, X, kind="full", check=False)
+            lam_b = float(torch.linalg.eigvalsh(Kb)[-1])
+            row = {"ntk/batch_lambda_max": lam_b, "ntk/batch_eta_crit": Kb.shape[0] / lam_b}
+            record.update(row)
+            self.batch_rows.append({"step": state.step, "lr": state.lr, **row})
+        if state.step % self.every == 0 and state.lr > 0:
+            row = self.measure(state.model, state.lr)
+            record.update(row)
+            self.rows.append({"step": state.step, "lr": state.lr, **row})
+
+    def on_train_end(self, state: TrainState, summary: dict[str, Any]) -> None:
+        out: dict[str, Any] = {"probe_size": int(self.X.shape[0]), "measurements": len(self.rows)}
+        if self.rows:
+            out["initial_lambda"] = self.rows[0]["ntk/lambda"]
+            out["final_lambda"] = self.rows[-1]["ntk/lambda"]
+            out["initial_eta_crit"] = self.rows[0]["ntk/eta_crit"]
+            out["final_eta_crit"] = self.rows[-1]["ntk/eta_crit"]
+        if self.batch_rows:
+            crossed = sum(r["lr"] > r["ntk/batch_eta_crit"] for r in self.batch_rows)
+            out["batch_steps_above_critical"] = crossed
+            out["batch_steps"] = len(self.batch_rows)
+        summary["monitors"]["ntk"] = out
+
+    def write_artifacts(self, run_dir: str | Path, *, figures: bool = True) -> None:
+        if figures and self.rows:
+            from catapults.reporting import plot_loss_split, plot_spectrum
+
+            plot_loss_split(self.rows, Path(run_dir) / "figures" / "ntk_loss_split.png")
+            plot_spectrum(self.rows, Path(run_dir) / "figures" / "ntk_spectrum.png",
+                          batch_rows=self.batch_rows)

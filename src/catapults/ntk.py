@@ -1,0 +1,412 @@
+"""The empirical neural tangent kernel: exact kernels, top eigenpairs, critical learning rates
+and the top-eigenspace loss split (SPEC.md section 1).
+
+Conventions. ``J ∈ R^{(n·c) × p}`` is the Jacobian of the outputs ``f(X) ∈ R^{n×c}`` (flattened
+sample-major: row ``i*c + j`` is output ``j`` of sample ``i``) with respect to the trainable
+parameters; ``K = J Jᵀ`` (unnormalised). ``kind="full"`` gives the ``(n·c) × (n·c)`` kernel,
+``kind="trace"`` gives ``Σ_j K_jj`` (``n × n``); for ``c = 1`` both are the same. The Gauss-Newton
+Hessian of the mean-MSE loss is ``(2/(n·c)) JᵀJ``, so the critical GD learning rate is
+``η_crit = n·c / λ_max(K)``.
+
+Two exact paths compute K:
+
+- **fast** (models whose trainable parameters all sit in ``nn.Linear`` / ``ScaledLinear`` layers
+  applied once to 2-D inputs): one forward pass records each layer's input ``A`` and one backward
+  pass per output gives the gradients ``G`` at its output; then
+  ``K = Σ_l s_l² (A_l A_lᵀ) ∘ (G_l G_lᵀ) + β_l² G_l G_lᵀ``. Gram matrices are formed blockwise
+  on the upper triangle only (half the flops of a plain ``A @ A.T``).
+- **generic** (any other module): per-sample Jacobians with ``torch.func.vmap(jacrev)``, chunked
+  over samples so memory stays bounded, contracted to ``J Jᵀ``.
+
+Both refuse models whose per-sample outputs depend on other samples (BatchNorm in training mode,
+for example): the kernel is not defined sample by sample there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
+
+from catapults.models import ScaledLinear
+
+
+class NTKError(ValueError):
+    """The kernel cannot be computed for this model or input (the message says why)."""
+
+
+# ---- checks ---------------------------------------------------------------------------------
+_BATCH_MIXING = (nn.modules.batchnorm._BatchNorm,)
+
+
+def check_per_sample(model: nn.Module | Callable[[Tensor], Tensor], X: Tensor,
+                     *, probe: int = 4) -> None:
+    """Refuse models whose output for one sample depends on the other samples of the batch.
+
+    BatchNorm layers in training mode are refused by name, without running them (running them
+    would also update their statistics). Any other mixing (or randomness such as dropout in
+    training mode) is caught numerically: the outputs of the first few samples computed alone
+    must equal their outputs within the whole batch.
+    """
+    if isinstance(model, nn.Module):
+        for name, mod in model.named_modules():
+            if isinstance(mod, _BATCH_MIXING) and mod.training:
+                raise NTKError(
+                    f"module {name or type(mod).__name__!r} ({type(mod).__name__}) is in training "
+                    "mode: its outputs mix the samples of a batch, so the per-sample kernel is "
+                    "not defined; call model.eval() first")
+    if X.shape[0] < 2:
+        return
+    m = min(probe, X.shape[0] - 1)
+    with torch.no_grad():
+        full = model(X[: m + 1])
+        alone = model(X[:m])
+    full, alone = full[:m].reshape(m, -1), alone.reshape(m, -1)
+    scale = full.abs().max().clamp_min(1e-30)
+    tol = 1e3 * torch.finfo(full.dtype).eps
+    if not torch.isfinite(full).all():
+        raise NTKError("the model's outputs are not finite")
+    if ((full - alone).abs().max() / scale) > tol:
+        raise NTKError(
+            "the model's output for a sample depends on the other samples in the batch (or is "
+            "random, e.g. dropout in training mode); the per-sample kernel is not defined. "
+            "Use model.eval() or a model without batch-mixing layers")
+
+
+def _trainable(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v for k, v in model.named_parameters() if v.requires_grad}
+
+
+# ---- Gram matrices --------------------------------------------------------------------------
+def gram(A: Tensor, *, block: int = 1024) -> Tensor:
+    """``A @ A.T`` for ``A`` of shape ``(n, m)``, computing only upper-triangular blocks.
+
+    For ``n <= block`` this is a single matmul; above it, ``k(k+1)/2`` of the ``k²`` blocks are
+    computed and mirrored, so the flops approach half of a plain matmul.
+    """
+    n = A.shape[0]
+    if n <= block:
+        return A @ A.T
+    out = torch.empty(n, n, dtype=A.dtype, device=A.device)
+    starts = list(range(0, n, block))
+    for bi, i in enumerate(starts):
+        Ai = A[i:i + block]
+        # one matmul for the whole row of blocks right of (and including) the diagonal block
+        row = Ai @ A[i:].T
+        out[i:i + block, i:] = row
+        if bi + 1 < len(starts):
+            out[i + block:, i:i + block] = row[:, Ai.shape[0]:].T
+    return out
+
+
+# ---- fast path: layer-wise Gram formula -------------------------------------------------------
+def _linear_layers(model: nn.Module) -> list[nn.Module] | None:
+    """The layers of the fast path, or None when some trainable parameter is elsewhere."""
+    layers, covered = [], set()
+    for mod in model.modules():
+        if isinstance(mod, (ScaledLinear, nn.Linear)):
+            own = [p for p in mod.parameters(recurse=False) if p.requires_grad]
+            if own:
+                layers.append(mod)
+                covered.update(id(p) for p in own)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable or any(id(p) not in covered for p in trainable):
+        return None
+    return layers
+
+
+def _scales(mod: nn.Module) -> tuple[float, float]:
+    if isinstance(mod, ScaledLinear):
+        return mod.weight_scale, mod.bias_scale
+    return 1.0, 1.0
+
+
+def _fast_ntk(model: nn.Module, X: Tensor, layers: list[nn.Module], kind: str) -> Tensor | None:
+    inputs: dict[int, list[Tensor]] = {id(m): [] for m in layers}
+    outputs: dict[int, list[Tensor]] = {id(m): [] for m in layers}
+
+    def hook(mod, args, out):
+        inputs[id(mod)].append(args[0])
+        outputs[id(mod)].append(out)
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        with torch.enable_grad():
+            f = model(X)
+    finally:
+        for h in handles:
+            h.remove()
+    if any(len(inputs[id(m)]) != 1 or inputs[id(m)][0].dim() != 2 for m in layers):
+        return None  # weight sharing or non-2-D inputs: use the generic path
+    n = X.shape[0]
+    f = f.reshape(n, -1)
+    c = f.shape[1]
+    zs = [outputs[id(m)][0] for m in layers]
+    # G[l][j]: (n, out_l) gradients of sum_i f_j(x_i) at layer l's output = per-sample gradients
+    G: list[list[Tensor]] = [[] for _ in layers]
+    for j in range(c):
+        grads = torch.autograd.grad(f[:, j].sum(), zs, retain_graph=j < c - 1,
+                                    allow_unused=True)
+        for li, g in enumerate(grads):
+            G[li].append(torch.zeros_like(zs[li]) if g is None else g.detach())
+    size = n * c if kind == "full" else n
+    K = torch.zeros(size, size, dtype=X.dtype, device=X.device)
+    for li, mod in enumerate(layers):
+        A = inputs[id(mod)][0].detach()
+        s, beta = _scales(mod)
+        has_w = mod.weight.requires_grad
+        has_b = mod.bias is not None and mod.bias.requires_grad
+        if kind == "trace" or c == 1:
+            Gcat = torch.cat(G[li], dim=1) if c > 1 else G[li][0]
+            if has_w and not has_b and Gcat.shape[1] == 1:
+                K.add_(gram(A * Gcat), alpha=s * s)  # (A Aᵀ)∘(g gᵀ) = (g∘A)(g∘A)ᵀ
+                continue
+            Q = gram(Gcat)
+            if has_b:
+                K.add_(Q, alpha=beta * beta)
+            if has_w:
+                K.add_(Q.mul_(gram(A)), alpha=s * s)
+        else:
+            P = gram(A) if has_w else None
+            Kv = K.view(n, c, n, c)
+            for j in range(c):
+                for jj in range(j, c):
+                    Q = G[li][j] @ G[li][jj].T
+                    block = Q * (beta * beta) if has_b else torch.zeros_like(Q)
+                    if has_w:
+                        block.add_(Q.mul_(P), alpha=s * s)
+                    Kv[:, j, :, jj] += block
+                    if jj != j:
+                        Kv[:, jj, :, j] += block.T
+    return K
+
+
+# ---- generic path: per-sample Jacobians ------------------------------------------------------
+def per_sample_jacobian(model: nn.Module, X: Tensor, *, chunk_size: int = 64) -> Tensor:
+    """The Jacobian ``J`` of shape ``(n·c, p)`` (sample-major rows) over trainable parameters,
+    from ``vmap(jacrev)`` in chunks of ``chunk_size`` samples."""
+    params = _trainable(model)
+    buffers = dict(model.named_buffers())
+
+    def f_single(p, x):
+        return functional_call(model, (p, buffers), (x.unsqueeze(0),)).reshape(-1)
+
+    jac_fn = vmap(jacrev(f_single), in_dims=(None, 0))
+    rows = []
+    for i in range(0, X.shape[0], chunk_size):
+        jac = jac_fn(params, X[i:i + chunk_size])  # dict name -> (b, c, *shape)
+        b, c = next(iter(jac.values())).shape[:2]
+        rows.append(torch.cat([v.reshape(b * c, -1) for v in jac.values()], dim=1).detach())
+    return torch.cat(rows)
+
+
+def _generic_ntk(model: nn.Module, X: Tensor, kind: str, chunk_size: int,
+                 memory_budget: float) -> Tensor:
+    n = X.shape[0]
+    p = sum(v.numel() for v in _trainable(model).values())
+    with torch.no_grad():
+        c = model(X[:1]).reshape(1, -1).shape[1]
+    itemsize = X.element_size()
+    if n * c * p * itemsize <= memory_budget:
+        J = per_sample_jacobian(model, X, chunk_size=chunk_size)
+        K = gram(J)
+    else:  # recompute Jacobian chunks instead of storing J
+        K = torch.empty(n * c, n * c, dtype=X.dtype, device=X.device)
+        starts = list(range(0, n, chunk_size))
+        for a in starts:
+            Ja = per_sample_jacobian(model, X[a:a + chunk_size], chunk_size=chunk_size)
+            for b in starts:
+                if b < a:
+                    continue
+                Jb = Ja if b == a else per_sample_jacobian(
+                    model, X[b:b + chunk_size], chunk_size=chunk_size)
+                blk = Ja @ Jb.T
+                K[a * c:a * c + blk.shape[0], b * c:b * c + blk.shape[1]] = blk
+                K[b * c:b * c + blk.shape[1], a * c:a * c + blk.shape[0]] = blk.T
+    if kind == "trace" and c > 1:
+        K = K.view(n, c, n, c).diagonal(dim1=1, dim2=3).sum(-1)
+    return K
+
+
+# ---- public API -----------------------------------------------------------------------------
+def empirical_ntk(
+    model: nn.Module,
+    X: Tensor,
+    *,
+    kind: str = "trace",
+    method: str = "auto",
+    chunk_size: int = 64,
+    memory_budget: float = 2e9,
+    check: bool = True,
+) -> Tensor:
+    """The empirical NTK ``K = J Jᵀ`` of ``model`` on inputs ``X`` (shape ``(n, ...)``).
+
+    Args:
+        kind: ``"trace"`` (``n × n``, ``Σ_j K_jj``) or ``"full"`` (``(n·c) × (n·c)``, row
+            ``i*c + j`` is output ``j`` of sample ``i``). Identical for scalar outputs.
+        method: ``"auto"`` (fast path when the model allows it), ``"fast"`` or ``"generic"``.
+        chunk_size: samples per ``vmap(jacrev)`` chunk on the generic path.
+        memory_budget: bytes the generic path may use to hold ``J`` at once.
+        check: refuse models whose outputs mix samples (see :func:`check_per_sample`).
+
+    Returns:
+        ``K`` in ``X``'s dtype and device. Parameters with ``requires_grad=False`` are excluded.
+    """
+    if kind not in ("trace", "full"):
+        raise NTKError(f"kind must be 'trace' or 'full', got {kind!r}")
+    if method not in ("auto", "fast", "generic"):
+        raise NTKError(f"method must be 'auto', 'fast' or 'generic', got {method!r}")
+    if X.shape[0] == 0:
+        raise NTKError("X has no samples")
+    if check:
+        check_per_sample(model, X)
+    if method in ("auto", "fast"):
+        layers = _linear_layers(model)
+        K = _fast_ntk(model, X, layers, kind) if layers is not None else None
+        if K is not None:
+            return K
+        if method == "fast":
+            raise NTKError("the fast path needs every trainable parameter in a linear layer "
+                           "applied once to 2-D inputs; use method='generic'")
+    return _generic_ntk(model, X, kind, chunk_size, memory_budget)
+
+
+def ntk_matvec(model: nn.Module, X: Tensor) -> Callable[[Tensor], Tensor]:
+    """``v ↦ K v = J (Jᵀ v)`` for ``v`` of shape ``(n·c,)`` or ``(n·c, k)``, J never formed
+    (one VJP and one JVP per vector, batched over columns with vmap)."""
+    params = {k: v.detach() for k, v in _trainable(model).items()}
+    buffers = dict(model.named_buffers())
+
+    def f(p):
+        return functional_call(model, (p, buffers), (X,)).reshape(-1)
+
+    out0, pullback = vjp(f, params)
+
+    def mv1(v: Tensor) -> Tensor:
+        (ct,) = pullback(v)
+        return jvp(f, (params,), (ct,))[1]
+
+    def mv(v: Tensor) -> Tensor:
+        v = v.to(out0.dtype)
+        if v.dim() == 1:
+            return mv1(v).detach()
+        return vmap(mv1, in_dims=1, out_dims=1)(v).detach()
+
+    return mv
+
+
+def eig_top(K: Tensor, k: int, *, v0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Top-``k`` eigenpairs of a dense symmetric ``K``: values descending ``(k,)``, vectors
+    ``(N, k)``. Uses ``torch.linalg.eigh`` for small N or large k, else Lanczos (ARPACK) in
+    float64, warm-started from ``v0``."""
+    N = K.shape[0]
+    k = min(k, N)
+    if N <= 256 or k > N // 4:
+        vals, vecs = torch.linalg.eigh(K)
+        return vals.flip(0)[:k], vecs.flip(1)[:, :k]
+    from scipy.sparse.linalg import eigsh
+
+    Kn = K.detach().to("cpu", torch.float64).numpy()
+    start = None
+    if v0 is not None and v0.shape[0] == N:
+        start = v0.detach().to("cpu", torch.float64).reshape(N, -1).sum(1).numpy()
+        if not np.isfinite(start).all() or np.linalg.norm(start) == 0:
+            start = None
+    vals, vecs = eigsh(Kn, k=k, which="LA", v0=start, tol=1e-10)
+    order = np.argsort(vals)[::-1].copy()
+    return (torch.from_numpy(vals[order].copy()).to(K.dtype).to(K.device),
+            torch.from_numpy(vecs[:, order].copy()).to(K.dtype).to(K.device))
+
+
+def top_eigenpairs(
+    model: nn.Module,
+    X: Tensor,
+    k: int = 5,
+    *,
+    kind: str = "full",
+    method: str = "auto",
+    v0: Tensor | None = None,
+    tol: float = 1e-8,
+    max_dense: int = 6000,
+) -> tuple[Tensor, Tensor]:
+    """Top-``k`` eigenvalues (``(k,)``, descending) and eigenvectors (``(N, k)``) of the NTK.
+
+    Args:
+        kind: ``"full"`` (default, ``N = n·c``) or ``"trace"`` (``N = n``).
+        method: ``"dense"`` (form K, then eigh / Lanczos on it), ``"lanczos"`` (matrix-free:
+            ``K v = J(Jᵀv)``, never forming K or J; full kernel only), or ``"auto"`` (dense up to
+            ``max_dense`` rows).
+        v0: previous eigenvectors ``(N, k')`` to warm-start the iterative solvers.
+    """
+    n = X.shape[0]
+    if method == "auto":
+        with torch.no_grad():
+            c = model(X[:1]).reshape(1, -1).shape[1]
+        N = n * c if kind == "full" else n
+        method = "dense" if N <= max_dense else "lanczos"
+    if method == "dense":
+        return eig_top(empirical_ntk(model, X, kind=kind), k, v0=v0)
+    if method != "lanczos":
+        raise NTKError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
+    if kind != "full":
+        with torch.no_grad():
+            if model(X[:1]).reshape(1, -1).shape[1] > 1:
+                raise NTKError("the matrix-free solver works on the full kernel (kind='full')")
+    check_per_sample(model, X)
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    mv = ntk_matvec(model, X)
+    with torch.no_grad():
+        N = model(X).numel()
+    dev, dt = X.device, X.dtype
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(v)).to(device=dev, dtype=dt)
+        return mv(t).to("cpu", torch.float64).numpy()
+
+    op = LinearOperator((N, N), matvec=apply, matmat=apply, dtype=np.float64)
+    start = None
+    if v0 is not None and v0.shape[0] == N:
+        start = v0.detach().to("cpu", torch.float64).reshape(N, -1).sum(1).numpy()
+    vals, vecs = eigsh(op, k=min(k, N - 1), which="LA", v0=start, tol=tol)
+    order = np.argsort(vals)[::-1].copy()
+    return (torch.from_numpy(vals[order].copy()).to(device=dev, dtype=dt),
+            torch.from_numpy(vecs[:, order].copy()).to(device=dev, dtype=dt))
+
+
+def lambda_max(model: nn.Module, X: Tensor, *, kind: str = "full") -> float:
+    """The largest eigenvalue of the NTK on ``X``."""
+    vals, _ = top_eigenpairs(model, X, 1, kind=kind, method="dense")
+    return float(vals[0])
+
+
+def critical_lr(model: nn.Module, X: Tensor) -> float:
+    """``η_crit = n·c / λ_max(K)`` (full kernel): the critical GD learning rate of the mean-MSE
+    loss on ``X``, i.e. ``2 / λ_max`` of its Gauss-Newton Hessian. For a mini-batch ``X_B`` of
+    size ``b`` this is ``η_crit(B) = b·c / λ_max(K_B)``. Exact for models linear in θ."""
+    with torch.no_grad():
+        nc = model(X).numel()
+    return nc / lambda_max(model, X, kind="full")
+
+
+def split_from_eigvecs(residual: Tensor, U: Tensor) -> tuple[float, float, float]:
+    """``(L, L_top, L_rest)`` from a flattened residual ``r`` (``(n·c,)``) and orthonormal
+    eigenvectors ``U`` (``(n·c, s)``): ``L = |r|²/(nc)``, ``L_top = |Uᵀr|²/(nc)``."""
+    r = residual.reshape(-1)
+    N = r.numel()
+    L = float(r.pow(2).sum() / N)
+    top = float((U.T @ r).pow(2).sum() / N)
+    return L, top, L - top
+
+
+def loss_split(model: nn.Module, X: Tensor, y: Tensor, k: int) -> tuple[float, float, float]:
+    """``(L, L_top, L_rest)``: the mean-MSE loss on ``(X, y)`` and its parts inside and outside
+    the span of the top-``k`` eigenvectors of the full NTK (SPEC.md section 1). ``L_top +
+    L_rest = L`` exactly; ``L_rest >= 0``."""
+    _, U = top_eigenpairs(model, X, k, kind="full", method="dense")
+    with torch.no_grad():
+        r = (model(X) - y.reshape(X.shape[0], -1)).reshape(-1)
+    return split_from_eigvecs(r, U)

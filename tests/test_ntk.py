@@ -1,0 +1,223 @@
+"""The NTK engine against independent float64 references (finite differences, eigh, Hessians)."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from catapults.models import MLP
+from catapults.ntk import (
+    NTKError,
+    critical_lr,
+    empirical_ntk,
+    gram,
+    loss_split,
+    ntk_matvec,
+    per_sample_jacobian,
+    top_eigenpairs,
+)
+
+
+def fd_jacobian(model, X, h=1e-6):
+    """Central finite-difference Jacobian (n*c, p), sample-major rows, float64."""
+    theta = parameters_to_vector(model.parameters()).detach().clone()
+    cols = []
+    with torch.no_grad():
+        for k in range(theta.numel()):
+            e = torch.zeros_like(theta)
+            e[k] = h
+            vector_to_parameters(theta + e, model.parameters())
+            fp = model(X).reshape(-1)
+            vector_to_parameters(theta - e, model.parameters())
+            fm = model(X).reshape(-1)
+            cols.append((fp - fm) / (2 * h))
+        vector_to_parameters(theta, model.parameters())
+    return torch.stack(cols, 1)
+
+
+def reference_kernel(model, X, kind):
+    J = fd_jacobian(model, X)
+    K = J @ J.T
+    if kind == "trace":
+        n = X.shape[0]
+        c = K.shape[0] // n
+        K = K.view(n, c, n, c).diagonal(dim1=1, dim2=3).sum(-1)
+    return K
+
+
+@pytest.mark.parametrize("par", ["ntk", "standard"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("kind", ["trace", "full"])
+def test_mlp_kernel_against_finite_differences(par, bias, c, kind):
+    seed = int(torch.randint(0, 10**6, ()))
+    model = MLP(6, c, width=9, depth=3, bias=bias, parameterization=par, activation="tanh",
+                seed=seed, dtype=torch.float64)
+    X = torch.randn(7, 6, dtype=torch.float64)
+    K_ref = reference_kernel(model, X, kind)
+    for method in ["fast", "generic"]:
+        K = empirical_ntk(model, X, kind=kind, method=method)
+        assert K.dtype == torch.float64
+        assert K.shape == ((7 * c, 7 * c) if kind == "full" else (7, 7))
+        torch.testing.assert_close(K, K_ref, rtol=1e-6, atol=1e-7)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 5 * 5, 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+class LayerNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(5, 8)
+        self.ln = nn.LayerNorm(8)
+        self.b = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.gelu(self.ln(self.a(x))))
+
+
+@pytest.mark.parametrize("net,shape", [(SmallCNN, (4, 2, 5, 5)), (LayerNormNet, (6, 5))])
+def test_generic_path_other_modules(net, shape):
+    model = net().double()
+    X = torch.randn(*shape, dtype=torch.float64)
+    for kind in ["full", "trace"]:
+        K = empirical_ntk(model, X, kind=kind)  # auto falls back to the generic path
+        torch.testing.assert_close(K, reference_kernel(model, X, kind), rtol=1e-6, atol=1e-7)
+
+
+def test_generic_path_chunked_without_storing_J():
+    model = LayerNormNet().double()
+    X = torch.randn(11, 5, dtype=torch.float64)
+    K_small = empirical_ntk(model, X, method="generic", chunk_size=3, memory_budget=1)
+    torch.testing.assert_close(K_small, reference_kernel(model, X, "full"), rtol=1e-6, atol=1e-7)
+
+
+def test_frozen_parameters_are_excluded():
+    model = MLP(4, 1, width=5, depth=2, dtype=torch.float64)
+    model.net[1].weight.requires_grad_(False)
+    X = torch.randn(5, 4, dtype=torch.float64)
+    J = per_sample_jacobian(model, X)
+    assert J.shape[1] == 5  # only the output layer
+    torch.testing.assert_close(empirical_ntk(model, X), J @ J.T)
+
+
+def test_gram_blocks():
+    A = torch.randn(2500, 30, dtype=torch.float64)
+    torch.testing.assert_close(gram(A, block=700), A @ A.T)
+
+
+def test_float32_fast_path_matches_float64():
+    model = MLP(20, 1, width=256, depth=3, seed=3)
+    X = torch.randn(300, 20)
+    K32 = empirical_ntk(model, X)
+    K64 = empirical_ntk(model.double(), X.double())
+    assert ((K32.double() - K64).abs().max() / K64.abs().max()).item() < 1e-5
+
+
+def test_top_eigenpairs_against_eigh():
+    model = MLP(8, 2, width=32, depth=3, dtype=torch.float64, seed=5)
+    X = torch.randn(150, 8, dtype=torch.float64)  # N = 300 > 256: Lanczos on the dense kernel
+    K = empirical_ntk(model, X, kind="full")
+    ref_vals, ref_vecs = torch.linalg.eigh(K)
+    ref_vals, ref_vecs = ref_vals.flip(0)[:4], ref_vecs.flip(1)[:, :4]
+    for method in ["dense", "lanczos"]:
+        vals, vecs = top_eigenpairs(model, X, 4, method=method)
+        assert vals.shape == (4,) and vecs.shape == (300, 4)
+        torch.testing.assert_close(vals, ref_vals, rtol=1e-7, atol=1e-8)
+        overlap = (vecs.T @ ref_vecs).abs().diagonal()
+        torch.testing.assert_close(overlap, torch.ones(4, dtype=torch.float64), atol=1e-6,
+                                   rtol=0)
+        residual = (K @ vecs - vecs * vals).norm(dim=0) / vals
+        assert residual.max() < 1e-6
+
+
+def test_matvec_matches_dense():
+    model = MLP(5, 3, width=16, depth=2, dtype=torch.float64, seed=2)
+    X = torch.randn(10, 5, dtype=torch.float64)
+    K = empirical_ntk(model, X, kind="full")
+    V = torch.randn(30, 4, dtype=torch.float64)
+    torch.testing.assert_close(ntk_matvec(model, X)(V), K @ V)
+
+
+def test_critical_lr_equals_hessian_bound_for_linear_model():
+    d, c, n = 6, 2, 20
+    model = nn.Linear(d, c).double()  # linear in its parameters
+    X, y = torch.randn(n, d, dtype=torch.float64), torch.randn(n, c, dtype=torch.float64)
+    params = parameters_to_vector(model.parameters()).detach()
+
+    def loss(theta):
+        W, b = theta[: d * c].view(c, d), theta[d * c:]
+        return ((X @ W.T + b - y) ** 2).mean()
+
+    H = torch.autograd.functional.hessian(loss, params)
+    assert critical_lr(model, X) == pytest.approx(2 / torch.linalg.eigvalsh(H)[-1].item(),
+                                                  rel=1e-10)
+
+
+@pytest.mark.parametrize("factor,converges", [(0.95, True), (1.05, False)])
+def test_gd_converges_below_and_diverges_above_critical_lr(factor, converges):
+    d, n = 10, 30
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 10**6, ())))
+    X = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    y = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    model = nn.Linear(d, 1).double()
+    eta = factor * critical_lr(model, X)
+    opt = torch.optim.SGD(model.parameters(), lr=eta)
+    losses = []
+    for _ in range(1500):
+        loss = ((model(X) - y) ** 2).mean()
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if converges:
+        assert losses[-1] <= losses[0] and abs(losses[-1] - losses[-2]) < 1e-8
+    else:
+        assert losses[-1] > 1e6 * losses[0]
+
+
+def test_loss_split_sums_and_projects():
+    model = MLP(5, 2, width=24, depth=2, dtype=torch.float64, seed=4)
+    X, y = torch.randn(12, 5, dtype=torch.float64), torch.randn(12, 2, dtype=torch.float64)
+    L, top, rest = loss_split(model, X, y, 3)
+    with torch.no_grad():
+        r = (model(X) - y).reshape(-1)
+    assert L == pytest.approx(torch.nn.MSELoss()(model(X), y).item())
+    assert top + rest == pytest.approx(L) and top >= 0 and rest >= 0
+    K = empirical_ntk(model, X, kind="full")
+    U = torch.linalg.eigh(K)[1][:, -3:]
+    assert top == pytest.approx(((U.T @ r) ** 2).sum().item() / 24)
+    L_all, top_all, rest_all = loss_split(model, X, y, 24)
+    assert rest_all == pytest.approx(0, abs=1e-12)
+
+
+def test_batch_mixing_models_are_refused():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    X = torch.randn(10, 4)
+    before = model[1].running_mean.clone()
+    with pytest.raises(NTKError, match="training mode"):
+        empirical_ntk(model, X)
+    assert torch.equal(model[1].running_mean, before)  # refused before running it
+    model.eval()
+    assert empirical_ntk(model, X).shape == (10, 10)
+    drop = nn.Sequential(nn.Linear(4, 64), nn.Dropout(0.5), nn.Linear(64, 1))
+    with pytest.raises(NTKError, match="depends on the other samples"):
+        empirical_ntk(drop, X)
+
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.lin(x - x.mean(0))
+
+    with pytest.raises(NTKError, match="depends on the other samples"):
+        empirical_ntk(Mixer(), X)
