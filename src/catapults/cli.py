@@ -77,7 +77,84 @@ def _cmd_config(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "config": _cmd_config}
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="print a run's catapults (events) as a table")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--figure", metavar="PNG", help="also write the loss curve with the events")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="re-detect with this spike ratio instead of reading events.json")
+
+
+def _fmt(v, spec=".3g") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def format_events_table(events: list[dict]) -> str:
+    """A plain-text table of events (dicts as in events.json)."""
+    head = ["#", "start", "peak", "end", "lr", "baseline", "peak loss", "x", "L_top/L",
+            "dL_rest", "lmax before", "lmax after", "crit level", "recovered"]
+    rows = []
+    for i, e in enumerate(events, 1):
+        info = e.get("info", {})
+        rows.append([str(i), str(e["start"]), str(e["peak"]), str(e["end"]), _fmt(info.get("lr")),
+                     _fmt(e["baseline_loss"]), _fmt(e["peak_loss"]), _fmt(e.get("height"), ".1f"),
+                     _fmt(info.get("top_share"), ".2f"), _fmt(info.get("L_rest_change"), ".2g"),
+                     _fmt(info.get("lambda_max_before")), _fmt(info.get("lambda_max_after")),
+                     _fmt(info.get("critical_level")), "yes" if e["recovered"] else "NO"])
+    widths = [max(len(h), *(len(r[k]) for r in rows)) if rows else len(h)
+              for k, h in enumerate(head)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def _cmd_inspect(args) -> int:
+    import json
+    from pathlib import Path
+
+    from catapults.monitors.events import analyse_history
+    from catapults.runs import read_metrics
+
+    run_dir = Path(args.run)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no metrics.jsonl)")
+    history = read_metrics(run_dir)
+    path = run_dir / "events.json"
+    if path.is_file() and args.ratio is None:
+        data = json.loads(path.read_text())
+        events, warn = data["events"], data.get("early_warning")
+    else:
+        res = analyse_history(history, **({"ratio": args.ratio} if args.ratio else {}))
+        events, warn = [e.to_dict() for e in res["events"]], res["early_warning"]
+    summary = {}
+    if (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+    print(f"run: {run_dir}  status: {summary.get('status', '?')}  steps: "
+          f"{summary.get('steps', len(history))}  catapults: {len(events)} "
+          f"({sum(e['recovered'] for e in events)} recovered)")
+    if events:
+        print(format_events_table(events))
+    if warn:
+        print(f"early warning (eta > eta_crit(B), window {warn['window']}): "
+              f"{warn['flags']} flagged steps, precision {_fmt(warn['precision'], '.2f')}, "
+              f"recall {_fmt(warn['recall'], '.2f')}")
+    if args.figure:
+        from catapults.detect import Catapult
+        from catapults.reporting import plot_training
+
+        evs = [Catapult(e["start"], e["peak"], e["end"], e["baseline_loss"],
+                        e["peak_loss"] if e["peak_loss"] is not None else float("inf"),
+                        e["recovered"]) for e in events]
+        plot_training(history, args.figure, title=f"{len(events)} catapult(s)", events=evs)
+        print(f"figure: {args.figure}")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "config": _cmd_config, "inspect": _cmd_inspect}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
     _add_config(sub)
+    _add_inspect(sub)
     return parser
 
 

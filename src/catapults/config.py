@@ -113,25 +113,28 @@ class ModelConfig(_Section):
 # train
 # --------------------------------------------------------------------------------------------
 class ScheduleConfig(_Section):
-    kind: Literal["constant", "step", "warmup", "cosine"] = Field(
+    kind: Literal["constant", "step", "critical", "warmup", "cosine"] = Field(
         "constant",
-        description="'constant'; 'step': lr becomes values[i] at milestones[i]; 'warmup': "
+        description="'constant'; 'step': lr becomes values[i] at milestones[i]; 'critical': "
+        "lr becomes values[i] x the critical lr n*c/lambda_max(K) measured at milestones[i] "
+        "(on up to 2048 training points; induces catapults on purpose); 'warmup': "
         "linear from 0 to lr over warmup steps, then constant; 'cosine': optional warm-up, then "
         "cosine decay from lr to min_lr at the last step.",
     )
     milestones: list[int] = Field(
-        default_factory=list, description="'step': steps (or epochs, see unit) of the changes."
-    )
+        default_factory=list,
+        description="'step'/'critical': steps (or epochs, see unit) of the changes.")
     values: list[float] = Field(
-        default_factory=list, description="'step': the learning rates from each milestone on."
-    )
+        default_factory=list,
+        description="'step': the learning rates from each milestone on; 'critical': multiples "
+        "of the critical learning rate.")
     unit: Literal["step", "epoch"] = Field("step", description="Unit of milestones / warmup.")
     warmup: int = Field(0, ge=0, description="Warm-up length (steps or epochs, see unit).")
     min_lr: float = Field(0.0, ge=0.0, description="'cosine': final learning rate.")
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleConfig:
-        if self.kind == "step":
+        if self.kind in ("step", "critical"):
             if len(self.milestones) != len(self.values):
                 raise ValueError("milestones and values must have the same length")
             if any(m < 0 for m in self.milestones):
@@ -239,12 +242,26 @@ class AGOPMonitorConfig(_Section):
 
 
 class EventsMonitorConfig(_Section):
+    """Catapult detection (algorithm: catapults.detect.find_catapults)."""
+
     enabled: bool = Field(False, description="Detect catapults in the loss and write events.json.")
     ratio: float = Field(3.0, gt=1.0, description="A spike rises to ratio x the recent baseline.")
     window: int = Field(20, ge=1, description="Window (steps) of the running baseline.")
+    return_ratio: float = Field(
+        1.5, ge=1.0, description="A spike has ended when the loss is back below this x baseline.")
+    series: Literal["loss", "train_loss"] = Field(
+        "loss", description="Loss series to search: 'loss' (the loss of each step's batch; the "
+        "full loss for GD) or 'train_loss' (full training loss, every eval_every steps).")
     warning_window: int = Field(
         5, ge=0, description="Early warning: an event must start within this many steps of a flag."
     )
+
+
+    @model_validator(mode="after")
+    def _check(self) -> EventsMonitorConfig:
+        if self.return_ratio >= self.ratio:
+            raise ValueError("return_ratio must be smaller than ratio")
+        return self
 
 
 class MonitorConfig(_Section):

@@ -225,6 +225,25 @@ class Trainer:
         self.loss_fn = get_loss(config.loss)
         self.optimizer = make_optimizer(self.model.parameters(), config)
         self.generator = torch.Generator().manual_seed(config.seed + 1)
+        sched = config.schedule
+        mult = self.steps_per_epoch if sched.unit == "epoch" else 1
+        self._critical = ({m * mult: v for m, v in zip(sched.milestones, sched.values)}
+                          if sched.kind == "critical" else {})
+        self._critical_lr: float | None = None
+
+    def _lr(self, step: int) -> float:
+        """The schedule's lr; for 'critical' schedules, re-measure η_crit at each milestone."""
+        if not self._critical:
+            return self.schedule(step)
+        if step in self._critical:
+            from catapults.ntk import critical_lr
+
+            X = self.data.X_train[:2048]
+            self._critical_lr = self._critical[step] * critical_lr(self.model, X)
+        base = self._critical_lr if self._critical_lr is not None else self.config.lr
+        warm = self.config.schedule.warmup * (
+            self.steps_per_epoch if self.config.schedule.unit == "epoch" else 1)
+        return base * (step + 1) / warm if step < warm else base
 
     def _batches(self):
         n = self.data.X_train.shape[0]
@@ -258,7 +277,7 @@ class Trainer:
         try:
             for step in range(self.total_steps):
                 epoch, idx = next(batches)
-                lr = self.schedule(step)
+                lr = self._lr(step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 state.step, state.epoch, state.lr, state.batch_index = step, epoch, lr, idx
