@@ -95,14 +95,15 @@ def _fmt(v, spec=".3g") -> str:
 
 def format_events_table(events: list[dict]) -> str:
     """A plain-text table of events (dicts as in events.json)."""
-    head = ["#", "start", "peak", "end", "lr", "baseline", "peak loss", "x", "L_top/L",
+    head = ["#", "start", "peak", "end", "lr", "baseline", "peak loss", "x", "L_top/L", "max",
             "dL_rest", "lmax before", "lmax after", "crit level", "recovered"]
     rows = []
     for i, e in enumerate(events, 1):
         info = e.get("info", {})
         rows.append([str(i), str(e["start"]), str(e["peak"]), str(e["end"]), _fmt(info.get("lr")),
                      _fmt(e["baseline_loss"]), _fmt(e["peak_loss"]), _fmt(e.get("height"), ".1f"),
-                     _fmt(info.get("top_share"), ".2f"), _fmt(info.get("L_rest_change"), ".2g"),
+                     _fmt(info.get("top_share"), ".2f"), _fmt(info.get("top_share_max"), ".2f"),
+                     _fmt(info.get("L_rest_change"), ".2g"),
                      _fmt(info.get("lambda_max_before")), _fmt(info.get("lambda_max_after")),
                      _fmt(info.get("critical_level")), "yes" if e["recovered"] else "NO"])
     widths = [max(len(h), *(len(r[k]) for r in rows)) if rows else len(h)

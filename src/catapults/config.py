@@ -249,9 +249,10 @@ class EventsMonitorConfig(_Section):
     window: int = Field(20, ge=1, description="Window (steps) of the running baseline.")
     return_ratio: float = Field(
         1.5, ge=1.0, description="A spike has ended when the loss is back below this x baseline.")
-    series: Literal["loss", "train_loss"] = Field(
-        "loss", description="Loss series to search: 'loss' (the loss of each step's batch; the "
-        "full loss for GD) or 'train_loss' (full training loss, every eval_every steps).")
+    series: Literal["auto", "loss", "train_loss"] = Field(
+        "auto", description="Loss series to search: 'loss' (the loss of each step's batch; the "
+        "full loss for GD), 'train_loss' (full training loss, every train.eval_every steps: set "
+        "eval_every 1 for SGD), or 'auto' ('loss' for full-batch runs, else 'train_loss').")
     warning_window: int = Field(
         5, ge=0, description="Early warning: an event must start within this many steps of a flag."
     )

@@ -139,7 +139,9 @@ def _nearest(rows: list[dict[str, Any]], step: int, *, before: bool | None = Non
 def attribute_events(events: list[Catapult], history: Sequence[dict[str, Any]]) -> None:
     """Fill each event's ``info`` from a run's metrics rows (``ntk/...`` keys, ``lr``):
 
-    ``lr`` (at the trigger), ``top_share`` (``L_top/L`` at the probe measurement nearest the peak),
+    ``lr`` (at the trigger), ``top_share`` (``L_top/L`` at the probe measurement with the largest
+    loss inside the event), ``top_share_max`` (the largest ``L_top/L`` measured inside it: at the
+    very peak of a violent catapult the kernel itself is distorted),
     ``L_rest_before`` / ``L_rest_after`` and their change, ``lambda_max_before`` / ``_after``
     (at or before the start, at or after the end), the critical level ``n·c/η`` and the
     ``eta_crit`` before and after.
@@ -157,6 +159,10 @@ def attribute_events(events: list[Catapult], history: Sequence[dict[str, Any]]) 
                    _nearest(ntk_rows, ev.peak))
         before = _nearest(ntk_rows, ev.start, before=True)
         after = _nearest(ntk_rows, ev.end, before=False) if ev.recovered else None
+        shares = [r["ntk/L_top"] / r["ntk/L"] for r in inside
+                  if _finite(r.get("ntk/L_top")) and r["ntk/L"] > 0]
+        if shares:
+            info["top_share_max"] = max(shares)
         if at_peak and _finite(at_peak.get("ntk/L")) and at_peak["ntk/L"] > 0:
             info["top_share"] = at_peak["ntk/L_top"] / at_peak["ntk/L"]
             info["top_share_step"] = at_peak["step"]

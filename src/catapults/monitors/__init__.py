@@ -41,5 +41,6 @@ def build_monitors(config: RunConfig, data: Dataset) -> list[Callback]:
         monitors.append(EventsMonitor(ratio=m.events.ratio, window=m.events.window,
                                       return_ratio=m.events.return_ratio,
                                       warning_window=m.events.warning_window,
-                                      series=m.events.series))
+                                      series=m.events.series if m.events.series != "auto"
+                                      else ("loss" if full_batch else "train_loss")))
     return monitors
