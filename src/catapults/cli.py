@@ -155,7 +155,24 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "config": _cmd_config, "inspect": _cmd_inspect}
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="real data sets under DATA_ROOT")
+    dsub = p.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)
+    lst = dsub.add_parser("list", help="which data sets are present under DATA_ROOT")
+    lst.add_argument("--root", help="data root (default: $CATAPULTS_DATA, else ./data)")
+
+
+def _cmd_data(args) -> int:
+    from catapults.data import data_root
+    from catapults.datasets import format_dataset_table, list_datasets
+
+    print(f"DATA_ROOT: {data_root(args.root)}  (get MNIST and Fashion-MNIST with `make data`)")
+    print(format_dataset_table(list_datasets(args.root)))
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "config": _cmd_config, "inspect": _cmd_inspect,
+            "data": _cmd_data}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_config(sub)
     _add_inspect(sub)
+    _add_data(sub)
     return parser
 
 

@@ -184,11 +184,18 @@ def load_dataset(
 ) -> tuple[Tensor, Tensor]:
     """The raw data set ``name`` as ``(X, labels)``: X float32 in [0, 1] of shape (N, C, H, W).
 
-    ``digits`` has a single split (``split`` is ignored).
+    Labels are int64 ``(N,)``; for CelebA the 40 attributes as 0/1, ``(N, 40)``. Names: mnist,
+    fashion-mnist, cifar10, svhn, celeba (read from files under :func:`data_root`, see
+    :mod:`catapults.datasets` for the layout), and digits (bundled; ``split`` is ignored).
+    Splits: ``train`` / ``test`` (CelebA also ``valid``). Raises :class:`DataError` for a
+    missing, truncated or corrupt file. For a subset without decoding a whole split (CelebA),
+    use :func:`catapults.datasets.open_dataset`.
     """
     if name == "digits":
         return load_digits_raw()
-    raise DataError(f"data set {name!r}: reading local files is not available yet")
+    from catapults import datasets
+
+    return datasets.load_dataset(name, root=root, split=split)
 
 
 def make_dataset(cfg: DataConfig, *, dtype: torch.dtype = torch.float32) -> Dataset:
@@ -202,13 +209,36 @@ def make_dataset(cfg: DataConfig, *, dtype: torch.dtype = torch.float32) -> Data
                                     noise=cfg.noise, seed=cfg.seed, dtype=dtype)
     if cfg.name == "digits":
         X, labels = load_digits_raw()
+        if cfg.image_size is not None:  # digits are 8x8, one channel: grayscale is a no-op
+            X = torch.nn.functional.interpolate(X, size=(cfg.image_size, cfg.image_size),
+                                                mode="bilinear", antialias=True,
+                                                align_corners=False).clamp(0, 1)
         return classification_task(
             X, labels, None, None, name="digits", classes=cfg.classes, encoding=cfg.encoding,
             n_train=cfg.n_train, n_test=cfg.n_test, standardize=cfg.standardize, seed=cfg.seed,
             dtype=dtype)
-    X, labels = load_dataset(cfg.name, root=cfg.root, split="train")
-    X_test, labels_test = load_dataset(cfg.name, root=cfg.root, split="test")
-    return classification_task(
-        X, labels, X_test, labels_test, name=cfg.name, classes=cfg.classes,
+    # Real data from files: labels are read at once, images are decoded (and converted to
+    # grayscale / resized) only for the n_train + n_test samples that classification_task picks
+    # (it only indexes X), so a CelebA subset never decodes the whole split.
+    from catapults import datasets
+
+    opts = {"root": cfg.root, "grayscale": cfg.grayscale, "image_size": cfg.image_size}
+    train = datasets.open_dataset(cfg.name, split="train", **opts)
+    test = datasets.open_dataset(cfg.name, split="test", **opts)
+    labels, labels_test, classes = train.labels, test.labels, cfg.classes
+    info: dict = {"root": str(data_root(cfg.root)), "image_shape": list(train.image_shape),
+                  "grayscale": cfg.grayscale, "image_size": cfg.image_size}
+    if cfg.name == "celeba":
+        try:
+            col = datasets.celeba_attribute_index(train.attributes or [], cfg.attribute)
+        except DataError as err:
+            raise ConfigError(f"data.attribute: {err}") from None
+        labels, labels_test = labels[:, col], labels_test[:, col]
+        classes = classes if classes is not None else [1, 0]  # attribute present -> +1
+        info["attribute"] = train.attributes[col]
+    ds = classification_task(
+        train, labels, test, labels_test, name=cfg.name, classes=classes,  # type: ignore[arg-type]
         encoding=cfg.encoding, n_train=cfg.n_train, n_test=cfg.n_test,
         standardize=cfg.standardize, seed=cfg.seed, dtype=dtype)
+    ds.info.update(info)
+    return ds
