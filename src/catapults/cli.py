@@ -171,8 +171,20 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from catapults.sweeps import cmd_sweep
+
+    return cmd_sweep(args)
+
+
+def _cmd_sweep_report(args) -> int:
+    from catapults.sweeps import cmd_sweep_report
+
+    return cmd_sweep_report(args)
+
+
 COMMANDS = {"run": _cmd_run, "config": _cmd_config, "inspect": _cmd_inspect,
-            "data": _cmd_data}
+            "data": _cmd_data, "sweep": _cmd_sweep, "sweep-report": _cmd_sweep_report}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_inspect(sub)
     _add_data(sub)
+    from catapults.sweeps import add_sweep_parsers
+
+    add_sweep_parsers(sub)
     return parser
 
 

@@ -1,0 +1,1162 @@
+"""Sweeps: many runs of one base config over a grid of fields and seeds, resumable, aggregated.
+
+A sweep file (YAML)::
+
+    base_config: sgd.yaml          # or an inline `base:` mapping (sections data, model, ...)
+    grid:                          # dotted field -> list of values; the cartesian product
+      train.batch_size: [4, 16, 64]
+      train.lr: [0.5, 1.0]
+    trials:                        # optional explicit override dicts; with a grid, each trial is
+      - {train.optimizer: sgd}     # combined with each grid point (product)
+      - {train.optimizer: momentum, train.momentum: 0.5}
+    seeds: [0, 1, 2]               # applied to train.seed (each point x each seed)
+    metrics:                       # dotted paths into summary.json, aggregated by the report
+      - final_test_loss
+      - monitors.events.count
+    out: runs/sweeps/my-sweep      # optional default sweep directory (--out overrides)
+
+Layout of a sweep directory::
+
+    DIR/sweep.yaml                 the resolved sweep (base inline), written at the start
+    DIR/trials/<trial_id>/         one ordinary run directory per trial (see catapults.runs)
+    DIR/index.jsonl, DIR/index.csv one row per trial: id, parameters, seed, status, attempts,
+                                   metrics; rewritten atomically after every trial
+    DIR/report/report.csv          the aggregate table (``catapults sweep-report DIR``)
+    DIR/report/*.png               each metric against each swept parameter (mean +- std)
+
+A trial id is derived from its parameters only (``batch_size=4_seed=0-1a2b3c4d``: a readable part
+and a hash of the canonical JSON of the parameters), so it is stable across re-runs and does not
+depend on the order of the grid. The status of a trial is read from its ``summary.json``:
+re-running a sweep skips trials that ``completed`` or ``diverged`` (a result) and runs again those
+that ``failed``, were interrupted, or never finished. Every trial's config is validated before
+anything is written; a trial whose stored config differs from the sweep's (the sweep file was
+edited) is an error rather than silently reused.
+
+Backends: ``local`` (a pool of ``spawn`` worker processes, ``--workers`` of them with
+``--threads`` torch threads each, workers x threads <= cores by default; one worker runs the
+trials in this process) and ``ray`` (each trial a Ray task on the cluster at ``--address``, or on
+a local instance; the task runs in a temporary directory on its node and ships the run directory
+back as a tar archive, so no shared file system is needed).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from catapults.config import ConfigError, RunConfig, apply_overrides, config_from_dict
+
+SWEEP_KEYS = ("name", "description", "base", "base_config", "grid", "trials", "seeds", "metrics",
+              "out")
+DEFAULT_METRICS = ("final_train_loss", "final_test_loss")
+FINISHED = ("completed", "diverged")  # a re-run skips these
+LOG_X_FIELDS = ("lr", "batch_size", "n_train", "width", "weight_decay")
+# fields that do not change what a trial computes (ignored when comparing with a stored config)
+_IGNORED_FIELDS = ("output", "train.threads", "train.device")
+
+
+# ---- small helpers ----------------------------------------------------------------------------
+def cpu_count() -> int:
+    """CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(_jsonable(obj), sort_keys=True, allow_nan=False)
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section")
+        node = nxt
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def get_dotted(obj: Any, key: str) -> Any:
+    """``obj['a']['b']`` for ``key='a.b'``; None when a part is missing."""
+    for part in key.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return None
+        obj = obj[part]
+    return obj
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def format_value(v: Any) -> str:
+    """A parameter value as text (None -> 'null', booleans lower case)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return format(v, "g")
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def _as_float(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v) if math.isfinite(v) else None
+    return None
+
+
+# ---- the sweep file ---------------------------------------------------------------------------
+@dataclass
+class Trial:
+    """One point of a sweep: its parameters (dotted field -> value), seed, id and config."""
+
+    id: str
+    params: dict[str, Any]
+    seed: int | None
+    config: RunConfig
+
+    def label(self) -> str:
+        parts = [f"{k}={format_value(v)}" for k, v in self.params.items()]
+        if self.seed is not None:
+            parts.append(f"seed={self.seed}")
+        return ", ".join(parts) or "(base)"
+
+
+@dataclass
+class Sweep:
+    """A validated sweep: the resolved spec and every trial (with a validated config)."""
+
+    source: str
+    spec: dict[str, Any]
+    trials: list[Trial]
+    metrics: list[str]
+    swept: list[str]
+    out: str | None = None
+    base: dict[str, Any] = field(default_factory=dict)
+
+
+def trial_id(params: dict[str, Any], seed: int | None) -> str:
+    """A stable, file-system-safe id: a readable part and a hash of the canonical parameters."""
+    digest = hashlib.sha1(_dumps({"params": params, "seed": seed}).encode()).hexdigest()[:8]
+    parts = [f"{k.split('.')[-1]}={format_value(v)}" for k, v in sorted(params.items())]
+    if seed is not None:
+        parts.append(f"seed={seed}")
+    slug = re.sub(r"[^A-Za-z0-9._=+-]+", "-", "_".join(parts)).strip("-.")[:80] or "trial"
+    return f"{slug}-{digest}"
+
+
+def _check_key(where: str, key: Any) -> str:
+    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", key):
+        raise ConfigError(f"{where}: {key!r} is not a dotted field such as train.lr")
+    if key.split(".")[0] == "output":
+        raise ConfigError(f"{where}: {key}: output fields are set by the sweep")
+    if key == "train.seed":
+        raise ConfigError(f"{where}: train.seed: list the seeds under `seeds:` instead")
+    return key
+
+
+def expand(spec: dict[str, Any], where: str = "sweep") -> list[tuple[dict[str, Any], int | None]]:
+    """The (parameters, seed) of every trial: grid product x explicit trials x seeds, in order."""
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{where}: grid: must be a mapping of dotted field -> list of values")
+    for key, values in grid.items():
+        _check_key(f"{where}: grid", key)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: grid.{key}: must be a non-empty list of values")
+    explicit = spec.get("trials")
+    if explicit is None:
+        explicit = [{}]
+    if not isinstance(explicit, list) or not explicit:
+        raise ConfigError(f"{where}: trials: must be a non-empty list of mappings")
+    for i, t in enumerate(explicit):
+        if not isinstance(t, dict):
+            raise ConfigError(f"{where}: trials[{i}]: must be a mapping of dotted field -> value")
+        for key in t:
+            _check_key(f"{where}: trials[{i}]", key)
+            if key in grid:
+                raise ConfigError(f"{where}: trials[{i}].{key}: also in the grid")
+    seeds = spec.get("seeds")
+    if seeds is None:
+        seeds = [None]
+    elif (not isinstance(seeds, list) or not seeds
+          or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ConfigError(f"{where}: seeds: must be a non-empty list of integers >= 0")
+    elif len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: seeds: repeated seed")
+    keys = list(grid)
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    out = []
+    for t in explicit:
+        for p in points:
+            for s in seeds:
+                out.append(({**t, **p}, s))
+    return out
+
+
+def load_sweep(source: str | Path | dict[str, Any], overrides: Iterable[str] = (), *,
+               threads: int | None = None) -> Sweep:
+    """Read and validate a sweep (a YAML file or a dict): every trial's config is built and
+    validated here; a bad field raises :class:`ConfigError` naming the trial and the field.
+
+    ``overrides`` (``KEY=VALUE``) apply to the base config; ``threads`` sets ``train.threads``
+    of every trial (unless the sweep varies it)."""
+    if isinstance(source, dict):
+        spec, where, root = copy.deepcopy(source), "sweep", Path.cwd()
+    else:
+        path = Path(source)
+        where, root = str(path), path.parent
+        if not path.is_file():
+            raise ConfigError(f"{path}: sweep file not found")
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            at = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{at}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: a sweep must be a mapping with base/base_config, grid, ...")
+    for key in spec:
+        if key not in SWEEP_KEYS:
+            raise ConfigError(f"{where}: {key}: unknown key (expected one of "
+                              f"{', '.join(SWEEP_KEYS)})")
+    if "base" in spec and "base_config" in spec:
+        raise ConfigError(f"{where}: give base or base_config, not both")
+    if "base_config" in spec:
+        bpath = Path(str(spec["base_config"]))
+        if not bpath.is_absolute():
+            bpath = root / bpath
+        if not bpath.is_file():
+            raise ConfigError(f"{where}: base_config: {bpath}: config file not found")
+        try:
+            base = yaml.safe_load(bpath.read_text()) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"{where}: base_config: {bpath}: not valid YAML") from None
+    else:
+        base = spec.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"{where}: base: must be a mapping of sections (data, model, ...)")
+    base = apply_overrides(base, list(overrides))
+    try:
+        config_from_dict(base)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: base: {err}") from None
+    metrics = spec.get("metrics", list(DEFAULT_METRICS))
+    if (not isinstance(metrics, list) or not metrics
+            or not all(isinstance(m, str) and m for m in metrics)):
+        raise ConfigError(f"{where}: metrics: must be a non-empty list of dotted summary keys "
+                          "such as final_test_loss or monitors.events.count")
+    if len(set(metrics)) != len(metrics):
+        raise ConfigError(f"{where}: metrics: repeated metric")
+
+    trials: list[Trial] = []
+    seen: dict[str, str] = {}
+    for params, seed in expand(spec, where):
+        tid = trial_id(params, seed)
+        raw = copy.deepcopy(base)
+        try:
+            for key, value in params.items():
+                _set_dotted(raw, key, value)
+            if seed is not None:
+                _set_dotted(raw, "train.seed", seed)
+            if threads is not None and "train.threads" not in params:
+                _set_dotted(raw, "train.threads", threads)
+            _set_dotted(raw, "output.progress", False)
+            cfg = config_from_dict(raw)
+        except ConfigError as err:
+            label = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
+            raise ConfigError(f"{where}: trial {tid} ({label or 'base'}"
+                              f"{'' if seed is None else f', seed={seed}'}): {err}") from None
+        if tid in seen:
+            raise ConfigError(f"{where}: trial {tid} appears twice (same parameters and seed)")
+        seen[tid] = tid
+        trials.append(Trial(tid, params, seed, cfg))
+    swept = []
+    for t in trials:
+        swept += [k for k in t.params if k not in swept]
+    resolved = {k: v for k, v in spec.items() if k != "base_config"}
+    resolved["base"] = base
+    return Sweep(where, resolved, trials, list(metrics), swept, spec.get("out"), base)
+
+
+# ---- running one trial (in a worker process, a Ray task, or this process) --------------------
+_IN_TRIAL = False
+_STOP = False
+
+
+def _on_sigterm(signum, frame) -> None:  # pragma: no cover - runs in worker processes
+    global _STOP
+    _STOP = True  # trials already queued to this worker are returned as 'cancelled'
+    if _IN_TRIAL:
+        raise KeyboardInterrupt
+
+
+def _init_worker(threads: int, pool: bool = False) -> None:
+    """Worker set-up: thread counts before torch is imported; in a pool, Ctrl-C is left to the
+    main process, which stops running trials with SIGTERM (raised as KeyboardInterrupt inside a
+    trial, so the trial records itself as failed; an idle worker ignores it)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if pool:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _failure_summary(error: str, reason: str = "failed") -> dict[str, Any]:
+    return {"status": "failed", "reason": reason, "error": error}
+
+
+def execute_trial(task: dict[str, Any], *, catch_interrupt: bool = True) -> dict[str, Any]:
+    """Run one trial into ``task['dir']`` (replacing what is there) and return
+    ``{'id', 'status', 'summary', 'error'}``. Never raises for a failing trial: the failure is
+    written to the trial's ``summary.json`` (and ``traceback.txt``) and returned."""
+    global _IN_TRIAL
+    from catapults import runs
+
+    if _STOP:
+        return {"id": task["id"], "status": "cancelled", "summary": None, "error": None}
+    out = Path(task["dir"])
+    t0 = time.perf_counter()
+    if out.exists():
+        shutil.rmtree(out)
+    try:
+        _IN_TRIAL = True
+        try:
+            cfg = config_from_dict(task["config"])
+            result = runs.run(cfg, out_dir=out, overwrite=True, progress=False)
+        finally:
+            _IN_TRIAL = False
+        return {"id": task["id"], "status": result.status, "summary": result.summary,
+                "error": None}
+    except (Exception, KeyboardInterrupt) as err:
+        if isinstance(err, KeyboardInterrupt) and not catch_interrupt:
+            raise
+        error = f"{type(err).__name__}: {err}"
+        summary_path = out / "summary.json"
+        summary = None
+        if summary_path.is_file():  # run() wrote it (failed during training)
+            try:
+                summary = json.loads(summary_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                summary = None
+        if summary is None:
+            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            summary = _failure_summary(error, reason)
+            summary["wall_time_s"] = time.perf_counter() - t0
+            _write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+        _write_atomic(out / "traceback.txt", traceback.format_exc())
+        return {"id": task["id"], "status": "failed", "summary": summary, "error": error}
+
+
+def _pack(directory: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(directory, arcname=".")
+    return buf.getvalue()
+
+
+def _unpack(data: bytes, target: Path) -> None:
+    """Extract a trial archive next to ``target`` and swap it in (never half a directory)."""
+    staging = target.with_name(f".incoming-{target.name}-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(staging, filter="data")
+            else:  # pragma: no cover - old Python
+                tar.extractall(staging)
+        cfg_path = staging / "config.yaml"
+        if cfg_path.is_file():  # the run was written on the Ray node under a temporary name
+            resolved = yaml.safe_load(cfg_path.read_text()) or {}
+            resolved.setdefault("output", {})["dir"] = str(target)
+            _write_atomic(cfg_path, yaml.safe_dump(resolved, sort_keys=False))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def _ray_trial(task: dict[str, Any]) -> dict[str, Any]:
+    """Body of the Ray task: run in a temporary directory on the node, return the archive."""
+    _init_worker(task.get("threads") or 1)
+    with tempfile.TemporaryDirectory(prefix="catapults-trial-") as tmp:
+        local = dict(task, dir=str(Path(tmp) / task["id"]))
+        res = execute_trial(local)
+        res["archive"] = _pack(Path(local["dir"])) if Path(local["dir"]).exists() else None
+    return res
+
+
+# ---- the index --------------------------------------------------------------------------------
+def read_trial_status(trial_dir: Path) -> tuple[str, dict[str, Any] | None]:
+    """(status, summary) of a trial directory: 'pending' (none), 'unfinished' (no summary),
+    or the summary's status."""
+    if not trial_dir.is_dir():
+        return "pending", None
+    try:
+        summary = json.loads((trial_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "unfinished", None
+    return str(summary.get("status", "unfinished")), summary
+
+
+def read_index(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``DIR/index.jsonl``."""
+    path = Path(sweep_dir) / "index.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"{sweep_dir}: not a sweep directory (no index.jsonl)")
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+class _Index:
+    """The in-memory index of a sweep, written atomically (jsonl + csv) on every change."""
+
+    def __init__(self, sweep: Sweep, sweep_dir: Path) -> None:
+        self.sweep, self.dir = sweep, sweep_dir
+        previous = {}
+        if (sweep_dir / "index.jsonl").is_file():
+            try:
+                previous = {r["trial_id"]: r for r in read_index(sweep_dir)}
+            except (json.JSONDecodeError, KeyError):
+                previous = {}
+        self.rows: dict[str, dict[str, Any]] = {}
+        for t in sweep.trials:
+            status, summary = read_trial_status(self.trial_dir(t))
+            old = previous.get(t.id, {})
+            row = {"trial_id": t.id, "params": t.params, "seed": t.seed,
+                   "status": status, "attempts": int(old.get("attempts", 0)),
+                   "finished_at": old.get("finished_at"), "dir": f"trials/{t.id}"}
+            self.rows[t.id] = row
+            self._fill(row, summary)
+
+    def trial_dir(self, t: Trial) -> Path:
+        return self.dir / "trials" / t.id
+
+    def _fill(self, row: dict[str, Any], summary: dict[str, Any] | None) -> None:
+        summary = summary or {}
+        row["metrics"] = {m: _jsonable(get_dotted(summary, m)) for m in self.sweep.metrics}
+        row["steps"] = summary.get("steps")
+        row["wall_time_s"] = _jsonable(summary.get("wall_time_s"))
+        row["error"] = summary.get("error")
+
+    def record(self, tid: str, status: str, summary: dict[str, Any] | None) -> None:
+        row = self.rows[tid]
+        row["status"] = status
+        row["attempts"] += 1
+        row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._fill(row, summary)
+        self.write()
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows.values():
+            out[r["status"]] = out.get(r["status"], 0) + 1
+        return out
+
+    def write(self) -> None:
+        rows = list(self.rows.values())
+        _write_atomic(self.dir / "index.jsonl", "".join(_dumps(r) + "\n" for r in rows))
+        head = (["trial_id", "status", "attempts"] + self.sweep.swept + ["seed"]
+                + self.sweep.metrics + ["steps", "wall_time_s", "finished_at", "error"])
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(head)
+        for r in rows:
+            w.writerow([r["trial_id"], r["status"], r["attempts"]]
+                       + [format_value(r["params"][k]) if k in r["params"] else ""
+                          for k in self.sweep.swept]
+                       + ["" if r["seed"] is None else r["seed"]]
+                       + ["" if r["metrics"][m] is None else r["metrics"][m]
+                          for m in self.sweep.metrics]
+                       + ["" if r[k] is None else r[k]
+                          for k in ("steps", "wall_time_s", "finished_at", "error")])
+        _write_atomic(self.dir / "index.csv", buf.getvalue())
+
+
+# ---- running a sweep --------------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` returns."""
+
+    dir: Path
+    rows: list[dict[str, Any]]
+    counts: dict[str, int]
+    ran: int
+    skipped: int
+    interrupted: bool = False
+
+
+class _Lock:
+    """``DIR/.sweep.lock`` with this process's pid; a stale lock (dead pid) is taken over."""
+
+    def __init__(self, sweep_dir: Path) -> None:
+        self.path = sweep_dir / ".sweep.lock"
+
+    def __enter__(self) -> _Lock:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _alive(pid):
+                    raise ConfigError(f"{self.path.parent}: the sweep directory is in use by "
+                                      f"process {pid}") from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            return self
+        raise ConfigError(f"{self.path}: could not take the sweep lock")
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover
+        return True
+    return True
+
+
+def _check_stored_config(t: Trial, trial_dir: Path) -> None:
+    """A finished trial's stored config must match the sweep's (else the sweep was edited)."""
+    path = trial_dir / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        stored = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return
+    old, new = _flatten(stored), _flatten(t.config.to_dict())
+
+    def ignored(k: str) -> bool:
+        return any(k == f or k.startswith(f + ".") for f in _IGNORED_FIELDS)
+
+    for key in sorted(set(old) | set(new)):
+        if ignored(key):
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, list) or isinstance(b, list):
+            a, b = list(a or []), list(b or [])
+        if a != b:
+            raise ConfigError(
+                f"{trial_dir}: trial {t.id} was run with {key}={format_value(a)}, the sweep now "
+                f"says {format_value(b)} (was the sweep file edited?); use another --out")
+
+
+class _Progress:
+    def __init__(self, total: int, skipped: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="sweep", unit="trial", file=sys.stderr,
+                            dynamic_ncols=True)
+        self.skipped = skipped
+        self.counts = {"completed": 0, "diverged": 0, "failed": 0}
+
+    def update(self, status: str | None, running: int) -> None:
+        if status is not None:
+            key = status if status in self.counts else "failed"
+            self.counts[key] += 1
+        if self.bar is None:
+            return
+        self.bar.set_postfix(running=running, failed=self.counts["failed"],
+                             diverged=self.counts["diverged"], skipped=self.skipped,
+                             refresh=False)
+        self.bar.update(1 if status is not None else 0)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_sweep(sweep: Sweep | str | Path | dict[str, Any], out_dir: str | Path | None = None, *,
+              workers: int | None = None, threads: int | None = None, backend: str = "local",
+              address: str | None = None, progress: bool = True, report: bool = True,
+              overrides: Iterable[str] = ()) -> SweepResult:
+    """Run every unfinished trial of a sweep into ``out_dir`` and write the index (and the report).
+
+    The Python face of ``catapults sweep``. ``workers`` defaults to the number of cores (local)
+    or to as many trials as the Ray cluster takes; ``threads`` (torch threads per trial) defaults
+    to ``cores // workers`` (at least 1) for the local backend and 1 for Ray. On Ctrl-C the
+    running trials are stopped, recorded as failed (retried next time), the index is written and
+    ``KeyboardInterrupt`` is raised again.
+
+    With more than one local worker the trials run in ``spawn`` processes, which import the
+    calling script again: call ``run_sweep`` from a script under ``if __name__ == "__main__":``.
+    """
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"--backend: {backend!r}: expected 'local' or 'ray'")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers: must be >= 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads: must be >= 1, got {threads}")
+    cores = cpu_count()
+    if backend == "local":
+        workers = workers or cores
+        threads = threads or max(1, cores // workers)
+    else:
+        threads = threads or 1
+    if not isinstance(sweep, Sweep):
+        sweep = load_sweep(sweep, overrides, threads=threads)
+    else:
+        for t in sweep.trials:
+            if "train.threads" not in t.params:
+                t.config.train.threads = threads
+    if out_dir is None:
+        if sweep.out is None:
+            stem = Path(sweep.source).stem if sweep.source != "sweep" else "sweep"
+            out_dir = Path("runs") / "sweeps" / stem
+        else:
+            out_dir = sweep.out
+    sweep_dir = Path(out_dir)
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise ConfigError(f"--out: {sweep_dir} exists and is not a directory")
+    if sweep_dir.is_dir() and any(sweep_dir.iterdir()) and not (sweep_dir / "index.jsonl").exists():
+        raise ConfigError(f"--out: {sweep_dir} exists and is not a sweep directory (no "
+                          "index.jsonl); choose another directory")
+    for t in sweep.trials:  # everything is checked before anything is written
+        tdir = sweep_dir / "trials" / t.id
+        if read_trial_status(tdir)[0] in FINISHED:
+            _check_stored_config(t, tdir)
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with _Lock(sweep_dir):
+        _write_atomic(sweep_dir / "sweep.yaml", yaml.safe_dump(sweep.spec, sort_keys=False))
+        index = _Index(sweep, sweep_dir)
+        index.write()
+        todo = [t for t in sweep.trials if index.rows[t.id]["status"] not in FINISHED]
+        skipped = len(sweep.trials) - len(todo)
+        tasks = [{"id": t.id, "dir": str(index.trial_dir(t)), "config": t.config.to_dict(),
+                  "threads": t.config.train.threads or threads} for t in todo]
+        for task in tasks:
+            task["config"]["output"]["dir"] = task["dir"]
+        bar = _Progress(len(tasks), skipped, progress)
+        interrupted = False
+        try:
+            if not tasks:
+                pass
+            elif backend == "ray":
+                _run_ray(tasks, index, bar, workers=workers, address=address)
+            elif workers == 1:
+                _run_inline(tasks, index, bar, threads)
+            else:
+                _run_pool(tasks, index, bar, workers=workers, threads=threads)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+            for t in todo:  # trials stopped before they wrote a summary stay unfinished
+                row = index.rows[t.id]
+                status, summary = read_trial_status(index.trial_dir(t))
+                if status != row["status"]:
+                    row["status"] = status
+                    index._fill(row, summary)
+            index.write()
+            for stray in sweep_dir.glob(".*.tmp-*"):
+                stray.unlink(missing_ok=True)
+        if interrupted:
+            raise KeyboardInterrupt
+    if report:
+        try:
+            sweep_report(sweep_dir)
+        except ConfigError:
+            pass
+    return SweepResult(sweep_dir, list(index.rows.values()), index.counts(), len(tasks),
+                       skipped, interrupted)
+
+
+def _run_inline(tasks: list[dict[str, Any]], index: _Index, bar: _Progress,
+                threads: int) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        for i, task in enumerate(tasks):
+            bar.update(None, 1)
+            res = execute_trial(task, catch_interrupt=False)
+            index.record(task["id"], res["status"], res["summary"])
+            bar.update(res["status"], 1 if i + 1 < len(tasks) else 0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_pool(tasks: list[dict[str, Any]], index: _Index, bar: _Progress, *, workers: int,
+              threads: int) -> None:
+    import multiprocessing as mp
+    import signal
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    by_id = {t["id"]: t for t in tasks}
+    queue = list(tasks)
+    restarts = 0
+    while queue:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)),
+                                   mp_context=mp.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(threads, True))
+        futures = {pool.submit(execute_trial, t): t["id"] for t in queue}
+        queue = []
+        try:
+            pending = set(futures)
+            bar.update(None, min(workers, len(pending)))
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    tid = futures[fut]
+                    try:
+                        res = fut.result()
+                    except BrokenProcessPool:
+                        # a worker died (killed, out of memory, segfault): a trial it was running
+                        # is recorded as failed; trials not started go into a fresh pool
+                        tdir = Path(by_id[tid]["dir"])
+                        started = (tdir / "config.yaml").is_file()
+                        if not started and restarts < 3:
+                            queue.append(by_id[tid])
+                            continue
+                        summary = _failure_summary("worker process died")
+                        if not (tdir / "summary.json").is_file():
+                            _write_atomic(tdir / "summary.json", json.dumps(summary) + "\n")
+                        res = {"status": "failed", "summary": summary}
+                    index.record(tid, res["status"], res["summary"])
+                    bar.update(res["status"], min(workers, len(pending)))
+            pool.shutdown(wait=True)
+            restarts += 1
+        except KeyboardInterrupt:
+            for fut in futures:
+                fut.cancel()
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            for p in procs:  # running trials stop and record themselves as failed
+                if p.is_alive():
+                    try:
+                        os.kill(p.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            deadline = time.monotonic() + 30
+            for fut, tid in futures.items():
+                if fut.cancelled():
+                    continue
+                try:
+                    res = fut.result(timeout=max(0.1, deadline - time.monotonic()))
+                    if res["status"] != "cancelled":
+                        index.record(tid, res["status"], res["summary"])
+                except Exception:
+                    pass
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                p.join(timeout=max(0.1, deadline - time.monotonic()))
+                if p.is_alive():
+                    p.terminate()
+            raise
+
+
+def _run_ray(tasks: list[dict[str, Any]], index: _Index, bar: _Progress, *,
+             workers: int | None, address: str | None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray: ray is not installed (pip install 'catapults[ray]' "
+                          "or -r requirements-ray.txt)") from None
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"log_to_driver": False}
+        if address:
+            kwargs["address"] = address
+        else:
+            kwargs.update(num_cpus=cpu_count(), include_dashboard=False)
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            raise ConfigError(f"--address: cannot connect to Ray at {address!r}: {err}") from None
+        started = True
+    try:
+        remote = ray.remote(_ray_trial)
+        limit = workers or len(tasks)
+        queue = list(tasks)
+        inflight: dict[Any, dict[str, Any]] = {}
+        try:
+            while queue or inflight:
+                while queue and len(inflight) < limit:
+                    task = queue.pop(0)
+                    ref = remote.options(num_cpus=task["threads"], max_retries=0).remote(task)
+                    inflight[ref] = task
+                bar.update(None, len(inflight))
+                done, _ = ray.wait(list(inflight), num_returns=1)
+                for ref in done:
+                    task = inflight.pop(ref)
+                    try:
+                        res = ray.get(ref)
+                    except Exception as err:  # the task or its worker died
+                        res = {"status": "failed", "summary": _failure_summary(
+                            f"ray task failed: {type(err).__name__}: {err}"), "archive": None}
+                    target = Path(task["dir"])
+                    if res.get("archive"):
+                        _unpack(res["archive"], target)
+                    else:
+                        target.mkdir(parents=True, exist_ok=True)
+                        (target / "summary.json").write_text(json.dumps(res["summary"]) + "\n")
+                    index.record(task["id"], res["status"], res["summary"])
+                    bar.update(res["status"], len(inflight))
+        except KeyboardInterrupt:
+            for ref in inflight:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:
+                    pass
+            raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ---- aggregation ------------------------------------------------------------------------------
+@dataclass
+class Report:
+    """What :func:`sweep_report` returns: the grouped table, the CSV and figure paths."""
+
+    groups: list[dict[str, Any]]
+    csv: Path
+    figures: list[Path]
+    metrics: list[str]
+    swept: list[str]
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    n = len(values)
+    return {"n": n, "mean": statistics.fmean(values) if n else None,
+            "std": statistics.stdev(values) if n >= 2 else None,
+            "min": min(values) if n else None, "max": max(values) if n else None}
+
+
+def sweep_report(sweep_dir: str | Path, *, metrics: Iterable[str] | None = None,
+                 include: Iterable[str] = ("completed",), figures: bool = True) -> Report:
+    """Aggregate a sweep directory: each metric grouped by the swept parameters (mean, sample
+    std (ddof 1), n over the seeds; trials whose status is in ``include``, finite values only)
+    into ``DIR/report/report.csv``, and one figure per (metric, swept parameter)."""
+    sweep_dir = Path(sweep_dir)
+    rows = read_index(sweep_dir)
+    spec: dict[str, Any] = {}
+    if (sweep_dir / "sweep.yaml").is_file():
+        spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text()) or {}
+    metric_list = list(metrics) if metrics else list(spec.get("metrics") or DEFAULT_METRICS)
+    include = set(include)
+    swept: list[str] = []
+    for r in rows:
+        swept += [k for k in r["params"] if k not in swept]
+
+    groups: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        params = {k: r["params"].get(k) for k in swept}
+        key = _dumps(params)
+        g = groups.setdefault(key, {"params": params, "trials": 0, "statuses": {}, "values": {
+            m: [] for m in metric_list}, "seeds": {m: [] for m in metric_list}})
+        g["trials"] += 1
+        g["statuses"][r["status"]] = g["statuses"].get(r["status"], 0) + 1
+        if r["status"] not in include:
+            continue
+        _, summary = read_trial_status(sweep_dir / r.get("dir", f"trials/{r['trial_id']}"))
+        for m in metric_list:
+            v = _as_float(get_dotted(summary or {}, m))
+            if v is not None:
+                g["values"][m].append(v)
+                g["seeds"][m].append(r.get("seed"))
+    table = []
+    for g in groups.values():
+        entry = {"params": g["params"], "trials": g["trials"],
+                 "completed": g["statuses"].get("completed", 0),
+                 "diverged": g["statuses"].get("diverged", 0),
+                 "failed": sum(v for k, v in g["statuses"].items() if k not in FINISHED),
+                 "stats": {m: _stats(g["values"][m]) for m in metric_list},
+                 "values": g["values"]}
+        table.append(entry)
+
+    out = sweep_dir / "report"
+    head = swept + ["trials", "completed", "diverged", "failed"]
+    for m in metric_list:
+        head += [f"{m}.mean", f"{m}.std", f"{m}.n"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(head)
+    for e in table:
+        line = [format_value(e["params"][k]) for k in swept]
+        line += [e["trials"], e["completed"], e["diverged"], e["failed"]]
+        for m in metric_list:
+            s = e["stats"][m]
+            line += [_fmt_csv(s["mean"]), _fmt_csv(s["std"]), s["n"]]
+        w.writerow(line)
+    csv_path = out / "report.csv"
+    _write_atomic(csv_path, buf.getvalue())
+    paths = []
+    if figures:
+        for m in metric_list:
+            for p in swept:
+                path = _plot_metric(table, m, p, swept, out)
+                if path is not None:
+                    paths.append(path)
+    return Report(table, csv_path, paths, metric_list, swept)
+
+
+def _fmt_csv(v: float | None) -> str:
+    return "" if v is None else repr(float(v))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def use_log_x(param: str, xs: list[float]) -> bool:
+    """Log-x for positive learning rates, batch sizes, widths..., or values spanning 100x."""
+    if not xs or min(xs) <= 0:
+        return False
+    return param.split(".")[-1] in LOG_X_FIELDS or max(xs) / min(xs) >= 100
+
+
+def _plot_metric(table: list[dict[str, Any]], metric: str, param: str, swept: list[str],
+                 out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(e["stats"][metric]["n"] for e in table):
+        return None
+    values = []
+    for e in table:
+        v = e["params"][param]
+        if v not in values:
+            values.append(v)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        def pos(v):
+            return float(v)
+    else:
+        def pos(v):
+            return float(values.index(v))
+    others = [k for k in swept if k != param]
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for e in table:
+        label = ", ".join(f"{k.split('.')[-1]}={format_value(e['params'][k])}" for k in others)
+        lines.setdefault(label, []).append(e)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (label, entries) in enumerate(lines.items()):
+        entries = sorted((e for e in entries if e["stats"][metric]["n"]),
+                         key=lambda e: pos(e["params"][param]))
+        if not entries:
+            continue
+        color = f"C{i % 10}"
+        xs = [pos(e["params"][param]) for e in entries]
+        means = [e["stats"][metric]["mean"] for e in entries]
+        stds = [e["stats"][metric]["std"] or 0.0 for e in entries]
+        ax.plot(xs, means, "o-", color=color,
+                label=f"{label}: mean ± std" if label else "mean ± std over seeds")
+        ax.fill_between(xs, [m - s for m, s in zip(means, stds)],
+                        [m + s for m, s in zip(means, stds)], color=color, alpha=0.2, lw=0)
+        for x, e in zip(xs, entries):
+            vals = e["values"][metric]
+            ax.scatter([x] * len(vals), vals, color=color, s=10, alpha=0.5, zorder=3)
+    if numeric and use_log_x(param, [float(v) for v in values]):
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks([float(v) for v in values])
+        ax.set_xticklabels([format_value(v) for v in values])
+    if not numeric:
+        ax.set_xticks(range(len(values)))
+        ax.set_xticklabels([format_value(v) for v in values])
+    ax.set_xlabel(param)
+    ax.set_ylabel(metric)
+    n_seeds = max(e["stats"][metric]["n"] for e in table)
+    ax.set_title(f"{metric} vs {param} (up to {n_seeds} seed(s) per point)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    path = out / f"{_safe(metric)}__vs__{_safe(param)}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def format_report(report: Report) -> str:
+    """The report table as aligned text (mean ± std (n) per metric)."""
+    head = report.swept + ["ok/div/fail"] + report.metrics
+    rows = []
+    for e in report.groups:
+        line = [format_value(e["params"][k]) for k in report.swept]
+        line.append(f"{e['completed']}/{e['diverged']}/{e['failed']}")
+        for m in report.metrics:
+            s = e["stats"][m]
+            if not s["n"]:
+                line.append("-")
+            else:
+                std = "" if s["std"] is None else f" ± {s['std']:.3g}"
+                line.append(f"{s['mean']:.4g}{std} (n={s['n']})")
+        rows.append(line)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
+
+
+# ---- command line -----------------------------------------------------------------------------
+def add_sweep_parsers(subparsers) -> None:
+    """Add ``sweep`` and ``sweep-report`` to the CLI's argparse subparsers."""
+    p = subparsers.add_parser(
+        "sweep", help="run a sweep (base config x grid x seeds); re-running resumes it")
+    p.add_argument("sweep", help="sweep YAML file (base/base_config, grid, trials, seeds, "
+                   "metrics)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel trials (local: worker processes, default: the number of "
+                   "cores; 1 runs trials in this process; ray: most tasks in flight)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per trial (default: cores // workers for local, 1 for ray)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="'local' process pool (default) or 'ray' tasks")
+    p.add_argument("--address", default=None,
+                   help="ray: address of an existing cluster (default: start a local instance)")
+    p.add_argument("--out", default=None,
+                   help="sweep directory (default: the sweep file's `out`, else "
+                   "runs/sweeps/<name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the base config (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and list the trials and their status; run nothing")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+
+    r = subparsers.add_parser(
+        "sweep-report", help="aggregate a sweep directory: CSV table and figures")
+    r.add_argument("dir", help="sweep directory")
+    r.add_argument("--metric", dest="metrics", action="append", default=None, metavar="KEY",
+                   help="summary metric to aggregate (dotted, repeatable; default: the sweep's)")
+    r.add_argument("--include-diverged", action="store_true",
+                   help="also aggregate diverged trials (default: completed trials only)")
+    r.add_argument("--no-figures", action="store_true", help="write the CSV only")
+
+
+def cmd_sweep(args) -> int:
+    """``catapults sweep``: 0 when every trial completed or diverged, 1 when some failed."""
+    if args.address and args.backend != "ray":
+        raise ConfigError("--address: only with --backend ray")
+    if args.backend == "local":
+        workers = args.workers or cpu_count()
+        threads = args.threads or max(1, cpu_count() // workers)
+    else:
+        workers, threads = args.workers, args.threads or 1
+    sweep = load_sweep(args.sweep, args.overrides, threads=threads)
+    if args.dry_run:
+        out = Path(args.out or sweep.out or Path("runs") / "sweeps" / Path(args.sweep).stem)
+        for t in sweep.trials:
+            status, _ = read_trial_status(out / "trials" / t.id)
+            print(f"{t.id}  {status}  {t.label()}")
+        print(f"{len(sweep.trials)} trials, sweep directory {out}")
+        return 0
+    res = run_sweep(sweep, args.out, workers=workers, threads=threads, backend=args.backend,
+                    address=args.address, progress=not args.no_progress, report=False)
+    c = res.counts
+    failed = len(res.rows) - c.get("completed", 0) - c.get("diverged", 0)
+    print(f"{len(res.rows)} trials: {c.get('completed', 0)} completed, "
+          f"{c.get('diverged', 0)} diverged, {failed} failed or unfinished "
+          f"({res.skipped} already done, {res.ran} run now)")
+    print(f"sweep directory: {res.dir}  (index: {res.dir / 'index.csv'})")
+    if not args.no_report:
+        rep = sweep_report(res.dir)
+        print(format_report(rep))
+        print(f"report: {rep.csv}" + (f"  figures: {rep.csv.parent}" if rep.figures else ""))
+    return 1 if failed else 0
+
+
+def cmd_sweep_report(args) -> int:
+    """``catapults sweep-report DIR``."""
+    include = ("completed", "diverged") if args.include_diverged else ("completed",)
+    rep = sweep_report(args.dir, metrics=args.metrics, include=include,
+                       figures=not args.no_figures)
+    print(format_report(rep))
+    print(f"report: {rep.csv}" + (f"  ({len(rep.figures)} figures in {rep.csv.parent})"
+                                   if rep.figures else ""))
+    return 0
+
+
+COMMANDS = {"sweep": cmd_sweep, "sweep-report": cmd_sweep_report}

@@ -1,0 +1,407 @@
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from catapults import runs
+from catapults.config import ConfigError
+from catapults.sweeps import (
+    add_sweep_parsers,
+    cmd_sweep,
+    cmd_sweep_report,
+    expand,
+    load_sweep,
+    read_index,
+    run_sweep,
+    sweep_report,
+    trial_id,
+    use_log_x,
+)
+
+BASE = {
+    "data": {"name": "synthetic", "d": 5, "target": "x1*x2", "n_train": 32, "n_test": 32},
+    "model": {"depth": 2, "width": 16},
+    "train": {"optimizer": "sgd", "batch_size": 8, "lr": 0.5, "steps": 20, "eval_every": 5,
+              "max_loss": 1e4},
+    "monitor": {"events": {"enabled": True}},
+    "output": {"progress": False, "checkpoint": False, "figures": False},
+}
+METRICS = ["final_test_loss", "final_train_loss", "monitors.events.count"]
+
+
+def spec(**extra):
+    out = {"base": json.loads(json.dumps(BASE)), "metrics": METRICS}
+    out.update(extra)
+    return out
+
+
+def write_spec(tmp_path, s, name="sweep.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(s, sort_keys=False))
+    return path
+
+
+def parse(argv):
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command", required=True)
+    add_sweep_parsers(sub)
+    return p.parse_args(argv)
+
+
+def summaries(sweep_dir):
+    return {r["trial_id"]: json.loads((sweep_dir / r["dir"] / "summary.json").read_text())
+            for r in read_index(sweep_dir) if (sweep_dir / r["dir"] / "summary.json").is_file()}
+
+
+def mtimes(sweep_dir):
+    return {p.parent.name: p.stat().st_mtime_ns
+            for p in (sweep_dir / "trials").glob("*/summary.json")}
+
+
+class CountingRun:
+    """Wraps catapults.runs.run (in-process trials): counts runs per trial, can fail some."""
+
+    def __init__(self, monkeypatch, fail=None):
+        self.calls, self.fail, self.real = [], fail, runs.run
+        monkeypatch.setattr(runs, "run", self)
+
+    def __call__(self, config, *, out_dir, **kw):
+        self.calls.append(os.path.basename(out_dir))
+        if self.fail is not None and self.fail(config):
+            raise RuntimeError("injected failure")
+        return self.real(config, out_dir=out_dir, **kw)
+
+
+# ---- expansion, ids, validation -----------------------------------------------------------
+def test_grid_expansion_order_and_stable_ids():
+    s = spec(grid={"train.batch_size": [4, 8], "train.lr": [0.5, 1.0]},
+             trials=[{"model.width": 16}, {"model.width": 8}], seeds=[0, 1])
+    pts = expand(s)
+    assert len(pts) == 2 * 4 * 2
+    assert pts[0] == ({"model.width": 16, "train.batch_size": 4, "train.lr": 0.5}, 0)
+    assert pts[1] == ({"model.width": 16, "train.batch_size": 4, "train.lr": 0.5}, 1)
+    assert pts[-1] == ({"model.width": 8, "train.batch_size": 8, "train.lr": 1.0}, 1)
+    sw = load_sweep(s)
+    ids = [t.id for t in sw.trials]
+    assert len(set(ids)) == len(ids)
+    assert sw.swept == ["model.width", "train.batch_size", "train.lr"]
+    t = sw.trials[0]
+    assert t.config.train.seed == 0 and t.config.train.batch_size == 4
+    assert t.config.model.width == 16 and t.config.output.progress is False
+    assert t.id.startswith("width=16_batch_size=4_lr=0.5_seed=0-")
+    # the id depends on the parameters only: not on the grid order or the rest of the sweep
+    reordered = spec(grid={"train.lr": [1.0, 0.5], "train.batch_size": [8, 4]},
+                     trials=[{"model.width": 16}], seeds=[0])
+    assert t.id in {x.id for x in load_sweep(reordered).trials}
+    assert trial_id({"train.lr": 0.5}, 1) == trial_id({"train.lr": 0.5}, 1)
+    assert trial_id({"train.lr": 0.5}, 1) != trial_id({"train.lr": 0.5}, 2)
+    assert trial_id({"train.lr": 0.5}, None) != trial_id({"train.lr": 0.25}, None)
+    # no grid, no seeds: one trial, the base config
+    assert len(load_sweep(spec()).trials) == 1
+
+
+def test_base_config_file_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    path = write_spec(tmp_path, {"base_config": "base.yaml", "grid": {"train.lr": [0.1, 0.2]}})
+    sw = load_sweep(path, ["model.width=12"], threads=1)
+    assert [t.config.train.lr for t in sw.trials] == [0.1, 0.2]
+    assert all(t.config.model.width == 12 and t.config.train.threads == 1 for t in sw.trials)
+    assert sw.metrics == ["final_train_loss", "final_test_loss"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"grid": {"train.lr": [0.5, -1.0]}}, "lr=-1"),
+    ({"grid": {"model.widht": [8]}}, "model.widht: unknown field"),
+    ({"trials": [{"train.lr": 0.5}, {"train.optimizer": "sgdd"}]}, "train.optimizer"),
+    ({"grid": {"train.seed": [0, 1]}}, "seeds"),
+    ({"grid": {"train.lr": []}}, "grid.train.lr"),
+    ({"gird": {"train.lr": [1]}}, "gird: unknown key"),
+    ({"seeds": [0, 0]}, "seeds"),
+    ({"base_config": "nope.yaml"}, "base_config"),
+])
+def test_validation_names_trial_and_field_before_anything_is_written(tmp_path, bad, message):
+    s = spec(**bad)
+    if "base_config" in bad:
+        del s["base"]
+    path = write_spec(tmp_path, s)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=message) as err:
+        run_sweep(path, out, workers=1, progress=False)
+    assert str(path) in str(err.value)
+    assert not out.exists()
+    if message == "lr=-1":  # the trial (its id) and the field are named
+        bad_id = trial_id({"train.lr": -1.0}, None)
+        assert bad_id in str(err.value) and "train.lr" in str(err.value)
+
+
+# ---- running, resuming, failures -----------------------------------------------------------
+def test_sweep_report_and_diverged_trial(tmp_path):
+    """In-process sweep: index, diverged trial recorded, aggregation against hand computation."""
+    s = spec(grid={"train.lr": [0.5, 500.0], "train.batch_size": [8, 32]}, seeds=[0, 1, 2])
+    out = tmp_path / "sw"
+    res = run_sweep(write_spec(tmp_path, s), out, workers=1, progress=False)
+    rows = read_index(out)
+    assert len(rows) == 12 and res.ran == 12 and res.skipped == 0
+    by_lr = {}
+    for r in rows:
+        by_lr.setdefault(r["params"]["train.lr"], set()).add(r["status"])
+    assert by_lr == {0.5: {"completed"}, 500.0: {"diverged"}}
+    assert (out / "index.csv").is_file() and (out / "sweep.yaml").is_file()
+    assert not list(out.rglob("*.tmp-*")) and not (out / ".sweep.lock").exists()
+    for r in rows:  # every trial is an ordinary run directory
+        assert (out / "trials" / r["trial_id"] / "metrics.jsonl").is_file()
+        assert r["attempts"] == 1
+
+    sums = summaries(out)
+    rep = sweep_report(out)
+    table = {(g["params"]["train.lr"], g["params"]["train.batch_size"]): g for g in rep.groups}
+    assert len(table) == 4
+    with open(rep.csv) as fh:
+        csv_rows = {(float(r["train.lr"]), int(r["train.batch_size"])): r
+                    for r in csv.DictReader(fh)}
+    for bs in (8, 32):
+        ids = [r["trial_id"] for r in rows if r["params"] == {"train.lr": 0.5,
+                                                              "train.batch_size": bs}]
+        assert len(ids) == 3
+        for m in METRICS:
+            vals = [float(runs_get(sums[i], m)) for i in ids]
+            st = table[(0.5, bs)]["stats"][m]
+            assert st["n"] == 3
+            assert st["mean"] == pytest.approx(statistics.fmean(vals), rel=1e-12)
+            assert st["std"] == pytest.approx(statistics.stdev(vals), rel=1e-12, abs=1e-15)
+            row = csv_rows[(0.5, bs)]
+            assert float(row[f"{m}.mean"]) == pytest.approx(statistics.fmean(vals), rel=1e-12)
+            assert int(row[f"{m}.n"]) == 3
+        diverged = table[(500.0, bs)]
+        assert diverged["diverged"] == 3 and diverged["stats"]["final_test_loss"]["n"] == 0
+    assert len(rep.figures) == len(METRICS) * 2
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in rep.figures)
+    # including diverged trials: their (finite) final losses enter the aggregate
+    rep2 = sweep_report(out, metrics=["monitors.events.count"], include=("completed", "diverged"),
+                        figures=False)
+    assert all(g["stats"]["monitors.events.count"]["n"] == 3 for g in rep2.groups)
+    assert use_log_x("train.batch_size", [1, 32]) and not use_log_x("model.depth", [2, 3])
+
+
+def runs_get(summary, key):
+    for part in key.split("."):
+        summary = summary[part]
+    return summary
+
+
+def test_resume_after_killed_sweep_runs_nothing_twice(tmp_path, monkeypatch):
+    s = spec(grid={"train.batch_size": [4, 16]}, seeds=[0, 1, 2])
+    path = write_spec(tmp_path, s)
+    out = tmp_path / "sw"
+    counter = CountingRun(monkeypatch)
+    run_sweep(path, out, workers=1, progress=False, report=False)
+    assert len(counter.calls) == 6 and len(set(counter.calls)) == 6
+    before = mtimes(out)
+    ids = sorted(before)
+
+    # simulate a sweep killed mid-way: one trial unfinished (no summary), one never started
+    # (its directory gone), a half-written temporary file, the index stale, a stale lock
+    (out / "trials" / ids[0] / "summary.json").unlink()
+    (out / "trials" / ids[0] / ".summary.json.tmp-99999").write_text("{half")
+    import shutil
+    shutil.rmtree(out / "trials" / ids[1])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".sweep.lock").write_text(str(dead.pid))
+
+    counter.calls.clear()
+    res = run_sweep(path, out, workers=1, progress=False, report=False)
+    assert sorted(counter.calls) == sorted(ids[:2])  # only the two unfinished trials ran
+    assert res.ran == 2 and res.skipped == 4
+    after = mtimes(out)
+    for tid in ids[2:]:
+        assert after[tid] == before[tid]  # finished trials untouched
+    rows = read_index(out)
+    assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
+    assert all(r["status"] == "completed" for r in rows)
+    attempts = {r["trial_id"]: r["attempts"] for r in rows}
+    assert attempts[ids[0]] == attempts[ids[1]] == 2
+    assert all(attempts[t] == 1 for t in ids[2:])
+    assert not list(out.rglob("*.tmp-*"))
+    with open(out / "index.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+
+    counter.calls.clear()  # a third run does nothing
+    assert run_sweep(path, out, workers=1, progress=False, report=False).ran == 0
+    assert counter.calls == []
+
+
+def test_locked_sweep_directory_is_refused(tmp_path):
+    path = write_spec(tmp_path, spec())
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / "index.jsonl").write_text("")
+    (out / ".sweep.lock").write_text(str(os.getppid()))  # a live process
+    with pytest.raises(ConfigError, match="in use"):
+        run_sweep(path, out, workers=1, progress=False)
+
+
+def test_edited_sweep_is_not_silently_reused(tmp_path):
+    path = write_spec(tmp_path, spec(seeds=[0]))
+    out = tmp_path / "sw"
+    run_sweep(path, out, workers=1, progress=False, report=False)
+    with pytest.raises(ConfigError, match="train.steps"):
+        run_sweep(path, out, workers=1, progress=False, overrides=["train.steps=21"])
+
+
+def test_failing_trial_is_recorded_and_retried(tmp_path, monkeypatch):
+    path = write_spec(tmp_path, spec(grid={"train.lr": [0.25, 0.5]}, seeds=[0, 1]))
+    out = tmp_path / "sw"
+    counter = CountingRun(monkeypatch, fail=lambda c: c.train.seed == 1 and c.train.lr == 0.5)
+    res = run_sweep(path, out, workers=1, progress=False)
+    status = {(r["params"]["train.lr"], r["seed"]): r for r in read_index(out)}
+    assert status[(0.5, 1)]["status"] == "failed"
+    assert "injected failure" in status[(0.5, 1)]["error"]
+    assert sum(r["status"] == "completed" for r in status.values()) == 3
+    assert res.counts == {"completed": 3, "failed": 1}
+    failed_dir = out / status[(0.5, 1)]["dir"]
+    assert json.loads((failed_dir / "summary.json").read_text())["status"] == "failed"
+    assert "injected failure" in (failed_dir / "traceback.txt").read_text()
+    rep = sweep_report(out, figures=False)
+    g = next(g for g in rep.groups if g["params"] == {"train.lr": 0.5})
+    assert g["failed"] == 1 and g["stats"]["final_test_loss"]["n"] == 1
+
+    counter.fail = None
+    counter.calls.clear()
+    run_sweep(path, out, workers=1, progress=False, report=False)
+    assert counter.calls == [status[(0.5, 1)]["trial_id"]]  # only the failed one is retried
+    rows = read_index(out)
+    assert all(r["status"] == "completed" for r in rows) and len(rows) == 4
+    assert {r["trial_id"]: r["attempts"] for r in rows}[status[(0.5, 1)]["trial_id"]] == 2
+
+
+def test_ctrl_c_leaves_a_consistent_index(tmp_path, monkeypatch):
+    path = write_spec(tmp_path, spec(seeds=[0, 1, 2, 3]))
+    out = tmp_path / "sw"
+
+    def interrupt(config):
+        if config.train.seed == 1:
+            raise KeyboardInterrupt
+        return False
+
+    counter = CountingRun(monkeypatch, fail=interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(path, out, workers=1, progress=False)
+    rows = read_index(out)
+    assert [r["status"] for r in rows] == ["completed", "pending", "pending", "pending"] or \
+        [r["status"] for r in rows] == ["completed", "failed", "pending", "pending"]
+    assert not list(out.rglob("*.tmp-*")) and not (out / ".sweep.lock").exists()
+    counter.fail = None
+    counter.calls.clear()
+    run_sweep(path, out, workers=1, progress=False, report=False)
+    assert len(counter.calls) == 3 and rows[0]["trial_id"] not in counter.calls
+    assert all(r["status"] == "completed" for r in read_index(out))
+
+
+def test_cli_pool_failure_divergence_and_retry(tmp_path, capsys):
+    """Worker processes (spawn): a crashing trial and a diverging one do not stop the others;
+    the CLI exits 1; a re-run retries only the failed trial."""
+    s = spec(trials=[{"train.lr": 0.5}, {"train.lr": 500.0},
+                     {"data.name": "mnist", "data.root": str(tmp_path / "no-data"),
+                      "data.classes": [0, 1]}],
+             seeds=[0])
+    path = write_spec(tmp_path, s)
+    out = tmp_path / "sw"
+    args = parse(["sweep", str(path), "--out", str(out), "--workers", "2", "--no-progress"])
+    assert cmd_sweep(args) == 1
+    text = capsys.readouterr().out
+    assert "3 trials: 1 completed, 1 diverged, 1 failed" in text
+    rows = read_index(out)
+    st = {r["trial_id"]: r["status"] for r in rows}
+    assert sorted(st.values()) == ["completed", "diverged", "failed"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert all(r["params"]["data.name"] == "mnist" and r["error"] for r in failed)
+    before = mtimes(out)
+    assert cmd_sweep(args) == 1  # retried (and fails again: the data is still missing)
+    after = mtimes(out)
+    rows2 = {r["trial_id"]: r for r in read_index(out)}
+    assert len(rows2) == 3
+    for tid, status in st.items():
+        changed = after[tid] != before[tid]
+        assert changed == (status == "failed"), tid
+        assert rows2[tid]["attempts"] == (2 if status == "failed" else 1)
+    assert (out / "report" / "report.csv").is_file()
+    assert cmd_sweep_report(parse(["sweep-report", str(out), "--no-figures"])) == 0
+    assert "final_test_loss" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="not a sweep directory"):
+        cmd_sweep_report(parse(["sweep-report", str(tmp_path)]))
+
+
+# ---- Ray -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def local_ray():
+    try:
+        import ray
+    except ImportError:
+        pytest.skip("ray is not installed (pip install -r requirements-ray.txt)")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_backend(tmp_path, local_ray):
+    s = spec(grid={"train.batch_size": [4, 16]}, seeds=[0, 1])
+    path = write_spec(tmp_path, s)
+    out = tmp_path / "sw"
+    res = run_sweep(path, out, backend="ray", progress=False)
+    rows = read_index(out)
+    assert res.ran == 4 and [r["status"] for r in rows] == ["completed"] * 4
+    assert local_ray.is_initialized()  # a cluster we did not start is left running
+    for r in rows:
+        tdir = out / r["dir"]
+        assert {"config.yaml", "metrics.jsonl", "summary.json"} <= {p.name for p in
+                                                                    tdir.iterdir()}
+        cfg = yaml.safe_load((tdir / "config.yaml").read_text())
+        assert cfg["output"]["dir"] == str(tdir) and cfg["train"]["threads"] == 1
+        assert r["metrics"]["final_test_loss"] == pytest.approx(
+            json.loads((tdir / "summary.json").read_text())["final_test_loss"])
+    assert not list(out.rglob(".incoming-*"))
+    # the same trials in-process give the same numbers (the backend does not change results)
+    local = run_sweep(path, tmp_path / "local", workers=1, progress=False, report=False)
+    assert [r["metrics"] for r in local.rows] == [r["metrics"] for r in rows]
+    before = mtimes(out)
+    assert run_sweep(path, out, backend="ray", progress=False).ran == 0
+    assert mtimes(out) == before
+
+
+def test_ctrl_c_stops_worker_processes_cleanly(tmp_path):
+    """A real SIGINT to a sweep running in worker processes: the running trials stop and are
+    recorded as failed, the index is complete, no temporary files or lock are left behind."""
+    import signal
+    import time
+
+    s = spec(seeds=[0, 1, 2, 3])
+    s["base"]["train"]["steps"] = 200_000
+    path = write_spec(tmp_path, s)
+    out = tmp_path / "sw"
+    code = ("import sys\nfrom catapults.sweeps import run_sweep\n"
+            "try:\n"
+            f"    run_sweep({str(path)!r}, {str(out)!r}, workers=2, threads=1, progress=False)\n"
+            "except KeyboardInterrupt:\n    sys.exit(130)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(out.glob("trials/*/metrics.jsonl"))) < 2:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    rows = read_index(out)
+    assert len(rows) == 4
+    statuses = sorted(r["status"] for r in rows)
+    assert statuses == ["failed", "failed", "pending", "pending"], statuses
+    for r in rows:
+        if r["status"] == "failed":
+            summary = json.loads((out / r["dir"] / "summary.json").read_text())
+            assert summary["reason"] == "interrupted"
+    assert not list(out.rglob("*.tmp-*")) and not (out / ".sweep.lock").exists()
