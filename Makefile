@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all lint bench data clean
+.PHONY: setup demo demo-run reproduce-quick test test-all lint bench data clean
 
 $(STAMP): requirements.txt requirements-ray.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,8 +18,15 @@ $(STAMP): requirements.txt requirements-ray.txt pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/catapults run examples/demo-multi-catapult.yaml --out runs/demo --overwrite
-	@echo "Figures: runs/demo/figures/ (loss.png, ntk_loss_split.png, ntk_spectrum.png)"
+	$(BIN)/catapults reproduce gd-multi --quick --out runs/demo
+	@echo "Figures: runs/demo/gd-multi/gd-multi.png (numbers in gd-multi.csv, claims in claims.json)"
+
+demo-run: $(STAMP)
+	$(BIN)/catapults run examples/demo-multi-catapult.yaml --out runs/demo-run --overwrite
+	@echo "Figures: runs/demo-run/figures/ (loss.png, events.png, ntk_loss_split.png, ntk_spectrum.png)"
+
+reproduce-quick: $(STAMP)
+	$(BIN)/catapults reproduce all --quick --out runs/reproduce-quick
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -183,8 +183,30 @@ def _cmd_sweep_report(args) -> int:
     return cmd_sweep_report(args)
 
 
-COMMANDS = {"run": _cmd_run, "config": _cmd_config, "inspect": _cmd_inspect,
-            "data": _cmd_data, "sweep": _cmd_sweep, "sweep-report": _cmd_sweep_report}
+def _add_reproduce(sub) -> None:
+    from catapults.experiments import EXPERIMENTS
+
+    p = sub.add_parser("reproduce", help="reproduce the paper's experiments and check its claims")
+    p.add_argument("experiment", choices=[*EXPERIMENTS, "all"])
+    p.add_argument("--quick", action="store_true",
+                   help="smaller settings: 'all' in under 15 minutes on 2 CPU cores")
+    p.add_argument("--size", choices=["tiny", "quick", "full"],
+                   help="explicit size (overrides --quick; 'tiny' is for tests)")
+    p.add_argument("--out", default="reproduce", help="output directory (default: reproduce)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _cmd_reproduce(args) -> int:
+    from catapults.experiments import reproduce
+
+    size = args.size or ("quick" if args.quick else "full")
+    results = reproduce(args.experiment, out=args.out, size=size, threads=args.threads)
+    return 0 if results else 1
+
+
+COMMANDS = {"reproduce": _cmd_reproduce, "run": _cmd_run, "config": _cmd_config,
+            "inspect": _cmd_inspect, "data": _cmd_data, "sweep": _cmd_sweep,
+            "sweep-report": _cmd_sweep_report}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_inspect(sub)
     _add_data(sub)
+    _add_reproduce(sub)
     from catapults.sweeps import add_sweep_parsers
 
     add_sweep_parsers(sub)

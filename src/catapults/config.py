@@ -181,6 +181,9 @@ class TrainConfig(_Section):
     eval_every: int = Field(
         10, ge=1, description="Evaluate full train loss (SGD) and test loss every this many steps."
     )
+    test_every: int | None = Field(
+        None, ge=1, description="Evaluate the test loss every this many steps (None: eval_every)."
+    )
     max_loss: float | None = Field(
         None, gt=0.0,
         description="Treat a loss above this as divergence (None: only NaN/inf diverges).",

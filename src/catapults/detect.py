@@ -141,7 +141,8 @@ def attribute_events(events: list[Catapult], history: Sequence[dict[str, Any]]) 
 
     ``lr`` (at the trigger), ``top_share`` (``L_top/L`` at the probe measurement with the largest
     loss inside the event), ``top_share_max`` (the largest ``L_top/L`` measured inside it: at the
-    very peak of a violent catapult the kernel itself is distorted),
+    very peak of a violent catapult the kernel itself is distorted), ``top_share_by_s`` (the share
+    at that measurement for s = 1..k),
     ``L_rest_before`` / ``L_rest_after`` and their change, ``lambda_max_before`` / ``_after``
     (at or before the start, at or after the end), the critical level ``n·c/η`` and the
     ``eta_crit`` before and after.
@@ -163,6 +164,9 @@ def attribute_events(events: list[Catapult], history: Sequence[dict[str, Any]]) 
                   if _finite(r.get("ntk/L_top")) and r["ntk/L"] > 0]
         if shares:
             info["top_share_max"] = max(shares)
+        if at_peak and at_peak.get("ntk/L_top_by_s") and _finite(at_peak.get("ntk/L")) \
+                and at_peak["ntk/L"] > 0:
+            info["top_share_by_s"] = [v / at_peak["ntk/L"] for v in at_peak["ntk/L_top_by_s"]]
         if at_peak and _finite(at_peak.get("ntk/L")) and at_peak["ntk/L"] > 0:
             info["top_share"] = at_peak["ntk/L_top"] / at_peak["ntk/L"]
             info["top_share_step"] = at_peak["step"]

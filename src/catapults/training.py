@@ -296,7 +296,8 @@ class Trainer:
                 elif evaluate_now:
                     record["train_loss"], _ = evaluate(self.model, data.X_train, data.y_train,
                                                        self.loss_fn, classification=False)
-                if evaluate_now and data.X_test.shape[0] > 0:
+                test_every = cfg.test_every or cfg.eval_every
+                if step % test_every == 0 and data.X_test.shape[0] > 0:
                     test_loss, test_err = evaluate(self.model, data.X_test, data.y_test,
                                                    self.loss_fn, classification=classification)
                     record["test_loss"] = test_loss

@@ -14,11 +14,12 @@ from torch import Tensor
 
 from catapults.config import NTKMonitorConfig, RunConfig
 from catapults.data import Dataset
+from catapults.monitors.agop import AGOPMonitor
 from catapults.monitors.events import EventsMonitor
 from catapults.monitors.ntk import NTKMonitor
 from catapults.training import Callback
 
-__all__ = ["EventsMonitor", "NTKMonitor", "build_monitors"]
+__all__ = ["AGOPMonitor", "EventsMonitor", "NTKMonitor", "build_monitors"]
 
 
 def _probe(cfg: NTKMonitorConfig, data: Dataset, full_batch: bool) -> tuple[Tensor, Tensor]:
@@ -37,6 +38,8 @@ def build_monitors(config: RunConfig, data: Dataset) -> list[Callback]:
         X, y = _probe(m.ntk, data, full_batch)
         monitors.append(NTKMonitor(X, y, k=m.ntk.k, every=m.ntk.every, s=m.ntk.s,
                                    kind=m.ntk.kind, batch=m.ntk.batch, method=m.ntk.method))
+    if m.agop.enabled:
+        monitors.append(AGOPMonitor.from_config(config, data))
     if m.events.enabled:
         monitors.append(EventsMonitor(ratio=m.events.ratio, window=m.events.window,
                                       return_ratio=m.events.return_ratio,

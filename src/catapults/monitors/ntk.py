@@ -19,7 +19,8 @@ class NTKMonitor(Callback):
     Every ``every`` steps, on a fixed probe set ``(X, y)`` (``n`` samples, ``c`` outputs), at the
     parameters ``θ_t`` before update ``t``: ``λ_1..λ_k`` of the full kernel, ``η_crit = n·c/λ_1``,
     the critical level ``n·c/η_t`` and ``(L, L_top, L_rest)`` for the top ``s`` eigenvectors
-    (``s`` fixed, or by default the number of ``λ_i > n·c/η_t``, at least 1, at most ``k``).
+    (``s`` fixed, or by default the number of ``λ_i > n·c/η_t``, at least 1, at most ``k``),
+    and ``L_top`` for every ``s = 1..k`` (``ntk/L_top_by_s``).
     With ``batch=True`` (mini-batch training) also, every step, ``λ_max(K_B)`` and
     ``η_crit(B) = b·c/λ_max(K_B)`` of the current batch. Keys are written as ``ntk/...``.
 
@@ -55,8 +56,10 @@ class NTKMonitor(Callback):
             r = (model(X).reshape(y.shape) - y).reshape(-1)
         L, L_top, L_rest = ntk.split_from_eigvecs(r, vecs[:, :s])
         lam = [float(v) for v in vals]
+        by_s = ((vecs.T @ r).pow(2).cumsum(0) / nc).tolist()  # L_top for s = 1..k
         return {"ntk/lambda": lam, "ntk/eta_crit": nc / lam[0], "ntk/critical_level": level,
-                "ntk/s": s, "ntk/L": L, "ntk/L_top": L_top, "ntk/L_rest": L_rest}
+                "ntk/s": s, "ntk/L": L, "ntk/L_top": L_top, "ntk/L_rest": L_rest,
+                "ntk/L_top_by_s": by_s}
 
     def on_train_begin(self, state: TrainState) -> None:
         ntk.check_per_sample(state.model, self.X.to(state.device))
