@@ -43,4 +43,4 @@ python3 -m catapults.cli run examples/sgd-batch32.yaml --device auto --out /tmp/
   --overwrite --no-progress --set train.steps=300 --set output.checkpoint=false 2>&1 | tee -a "$OUT/smoke.log"
 python3 -m catapults.cli inspect /tmp/gpu_runs/demo 2>&1 | tee -a "$OUT/smoke.log"
 grep -h "\"device\"" /tmp/gpu_runs/*/summary.json | tee -a "$OUT/smoke.log"
-python3 -m pytest -q -x -p no:cacheprovider tests 2>&1 | tail -5 | tee -a "$OUT/smoke.log"
+python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -15 | tee -a "$OUT/smoke.log"

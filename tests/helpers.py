@@ -6,7 +6,7 @@ def small_config(**sections):
     cfg = {
         "data": {"name": "synthetic", "d": 10, "target": "x1*x2", "n_train": 64, "n_test": 64},
         "model": {"depth": 2, "width": 64},
-        "train": {"optimizer": "gd", "lr": 0.5, "steps": 30, "eval_every": 5},
+        "train": {"optimizer": "gd", "lr": 0.5, "steps": 30, "eval_every": 5, "device": "cpu"},
         "output": {"progress": False},
     }
     for key, value in sections.items():
