@@ -8,7 +8,9 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from catapults.models import MLP
 from catapults.ntk import (
     NTKError,
+    block_krylov_top,
     critical_lr,
+    eig_top,
     empirical_ntk,
     gram,
     loss_split,
@@ -221,3 +223,73 @@ def test_batch_mixing_models_are_refused():
 
     with pytest.raises(NTKError, match="depends on the other samples"):
         empirical_ntk(Mixer(), X)
+
+
+# ---- the blockwise fast path and the block Krylov eigensolver (float64 references) ----------
+@pytest.mark.parametrize("bias,c", [(True, 1), (True, 3), (False, 3)])
+def test_fast_path_several_row_blocks_matches_generic(bias, c):
+    # n = 600 > 256 rows per block: the upper-triangle block rows and their mirror are exercised
+    model = MLP(6, c, width=16, depth=3, bias=bias, bias_scale=0.7, activation="tanh",
+                dtype=torch.float64, seed=11)
+    X = torch.randn(600, 6, dtype=torch.float64)
+    K = empirical_ntk(model, X, kind="trace", method="fast")
+    K_ref = empirical_ntk(model, X, kind="trace", method="generic")
+    torch.testing.assert_close(K, K_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(K, K.T, rtol=0, atol=0)
+
+
+def _psd(N, spectrum, seed):
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(N, N, generator=g, dtype=torch.float64))
+    return (Q * spectrum) @ Q.T
+
+
+def test_block_krylov_against_eigh_cold_warm_and_restarted():
+    N, k = 500, 5
+    # one large eigenvalue, then a tight cluster (like the NTK of a wide ReLU net)
+    spec = torch.cat([torch.tensor([150.0]), 5.0 - 0.05 * torch.arange(N - 1.0)]).clamp_min(0)
+    K = _psd(N, spec.to(torch.float64), 0)
+    w_ref, V_ref = torch.linalg.eigh(K)
+    w_ref, V_ref = w_ref.flip(0)[:k], V_ref.flip(1)[:, :k]
+    E = torch.randn(N, N, dtype=torch.float64) * 1e-4
+    K2 = K + (E + E.T)
+    w2_ref = torch.linalg.eigvalsh(K2).flip(0)[:k]
+    for kwargs in [{}, {"max_blocks": 2}, {"block": 12}]:
+        vals, vecs = block_krylov_top(K.__matmul__, N, k, tol=1e-10, **kwargs)
+        torch.testing.assert_close(vals, w_ref, rtol=1e-12, atol=1e-10)
+        torch.testing.assert_close(vecs.T @ vecs, torch.eye(k, dtype=torch.float64),
+                                   atol=1e-10, rtol=0)
+        assert ((K @ vecs - vecs * vals).norm(dim=0) / vals).max() < 1e-9
+        overlap = (vecs.T @ V_ref).abs().diagonal()
+        torch.testing.assert_close(overlap, torch.ones(k, dtype=torch.float64), atol=1e-8, rtol=0)
+        # warm start on a perturbed kernel (tracking during training)
+        vals2, vecs2 = block_krylov_top(K2.__matmul__, N, k, v0=vecs, tol=1e-10, **kwargs)
+        torch.testing.assert_close(vals2, w2_ref, rtol=1e-12, atol=1e-10)
+        assert ((K2 @ vecs2 - vecs2 * vals2).norm(dim=0) / vals2).max() < 1e-9
+
+
+def test_block_krylov_rank_deficient_and_tiny():
+    # rank 3 < k = 5: the Krylov space becomes invariant; the zero eigenvalues are found too
+    A = torch.randn(400, 3, dtype=torch.float64)
+    K = A @ A.T
+    vals, vecs = block_krylov_top(K.__matmul__, 400, 5, tol=1e-10)
+    ref = torch.linalg.eigvalsh(K).flip(0)[:5]
+    torch.testing.assert_close(vals, ref, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(vecs.T @ vecs, torch.eye(5, dtype=torch.float64), atol=1e-10,
+                               rtol=0)
+    K = _psd(12, torch.linspace(3, 0.1, 12, dtype=torch.float64), 1)
+    vals, _ = block_krylov_top(K.__matmul__, 12, 4)
+    torch.testing.assert_close(vals, torch.linalg.eigvalsh(K).flip(0)[:4])
+
+
+def test_eig_top_float32_kernel_default_tolerance():
+    model = MLP(10, 1, width=64, depth=3, seed=8)
+    X = torch.randn(700, 10)
+    K = empirical_ntk(model, X)
+    vals, vecs = eig_top(K, 5)
+    assert vals.dtype == torch.float32 and vecs.shape == (700, 5)
+    K64 = K.double()
+    ref = torch.linalg.eigvalsh(K64).flip(0)[:5]
+    torch.testing.assert_close(vals.double(), ref, rtol=1e-6, atol=0)
+    v, U = vals.double(), vecs.double()
+    assert ((K64 @ U - U * v).norm(dim=0) / v).max() < 3e-6
