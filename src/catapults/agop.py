@@ -60,7 +60,6 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK = 4096
-_BATCH_MIXING = (nn.modules.batchnorm._BatchNorm,)  # as in catapults.ntk.check_per_sample
 
 Predictor = nn.Module | Callable[[Tensor], Tensor]
 
@@ -71,36 +70,13 @@ class AGOPError(ValueError):
 
 # ---- checks ---------------------------------------------------------------------------------
 def check_per_sample(f: Predictor, X: Tensor, *, probe: int = 4) -> None:
-    """Refuse predictors whose output for one sample depends on the other samples of the batch.
+    """Refuse predictors whose output for one sample depends on the other samples of the batch
+    (BatchNorm in training mode, dropout, functions that mix samples), raising
+    :class:`AGOPError`. The logic is :func:`catapults.ntk.check_per_sample`'s."""
+    from catapults.ntk import check_per_sample as _check
 
-    Same logic as :func:`catapults.ntk.check_per_sample`, with the AGOP's wording: BatchNorm
-    layers in training mode are refused by name (without running them); any other mixing, or
-    randomness such as dropout in training mode, is caught numerically by comparing the outputs
-    of the first few samples alone and within a slightly larger batch.
-    """
-    if isinstance(f, nn.Module):
-        for name, mod in f.named_modules():
-            if isinstance(mod, _BATCH_MIXING) and mod.training:
-                raise AGOPError(
-                    f"module {name or type(mod).__name__!r} ({type(mod).__name__}) is in training "
-                    "mode: its outputs mix the samples of a batch, so per-sample input gradients "
-                    "(and the AGOP) are not defined; call model.eval() first")
-    if X.shape[0] < 2:
-        return
-    m = min(probe, X.shape[0] - 1)
-    with torch.no_grad():
-        full = f(X[: m + 1])
-        alone = f(X[:m])
-    full, alone = full[:m].reshape(m, -1), alone.reshape(m, -1)
-    if not torch.isfinite(full).all():
-        raise AGOPError("the predictor's outputs are not finite")
-    scale = full.abs().max().clamp_min(1e-30)
-    tol = 1e3 * torch.finfo(full.dtype).eps if full.is_floating_point() else 0.0
-    if ((full - alone).abs().max() / scale) > tol:
-        raise AGOPError(
-            "the predictor's output for a sample depends on the other samples in the batch (or "
-            "is random, e.g. dropout in training mode), so per-sample input gradients (and the "
-            "AGOP) are not defined. Use model.eval() or a model without batch-mixing layers")
+    _check(f, X, probe=probe, quantity="the per-sample input gradient (and the AGOP)",
+           error=AGOPError)
 
 
 # ---- per-sample input gradients ---------------------------------------------------------------

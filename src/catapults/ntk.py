@@ -43,7 +43,8 @@ _BATCH_MIXING = (nn.modules.batchnorm._BatchNorm,)
 
 
 def check_per_sample(model: nn.Module | Callable[[Tensor], Tensor], X: Tensor,
-                     *, probe: int = 4) -> None:
+                     *, probe: int = 4, quantity: str = "the per-sample kernel",
+                     error: type[Exception] = NTKError) -> None:
     """Refuse models whose output for one sample depends on the other samples of the batch.
 
     BatchNorm layers in training mode are refused by name, without running them (running them
@@ -54,10 +55,10 @@ def check_per_sample(model: nn.Module | Callable[[Tensor], Tensor], X: Tensor,
     if isinstance(model, nn.Module):
         for name, mod in model.named_modules():
             if isinstance(mod, _BATCH_MIXING) and mod.training:
-                raise NTKError(
+                raise error(
                     f"module {name or type(mod).__name__!r} ({type(mod).__name__}) is in training "
-                    "mode: its outputs mix the samples of a batch, so the per-sample kernel is "
-                    "not defined; call model.eval() first")
+                    f"mode: its outputs mix the samples of a batch, so {quantity} is not "
+                    "defined; call model.eval() first")
     if X.shape[0] < 2:
         return
     m = min(probe, X.shape[0] - 1)
@@ -65,14 +66,14 @@ def check_per_sample(model: nn.Module | Callable[[Tensor], Tensor], X: Tensor,
         full = model(X[: m + 1])
         alone = model(X[:m])
     full, alone = full[:m].reshape(m, -1), alone.reshape(m, -1)
-    scale = full.abs().max().clamp_min(1e-30)
-    tol = 1e3 * torch.finfo(full.dtype).eps
     if not torch.isfinite(full).all():
-        raise NTKError("the model's outputs are not finite")
+        raise error("the model's outputs are not finite")
+    scale = full.abs().max().clamp_min(1e-30)
+    tol = 1e3 * torch.finfo(full.dtype).eps if full.is_floating_point() else 0.0
     if ((full - alone).abs().max() / scale) > tol:
-        raise NTKError(
+        raise error(
             "the model's output for a sample depends on the other samples in the batch (or is "
-            "random, e.g. dropout in training mode); the per-sample kernel is not defined. "
+            f"random, e.g. dropout in training mode), so {quantity} is not defined. "
             "Use model.eval() or a model without batch-mixing layers")
 
 
@@ -168,7 +169,8 @@ def _sum_of_gram_products(terms: list[tuple[Tensor, Tensor | None, float, float]
     return K
 
 
-def _fast_ntk(model: nn.Module, X: Tensor, layers: list[nn.Module], kind: str) -> Tensor | None:
+def _fast_ntk(model: nn.Module, X: Tensor, layers: list[nn.Module], kind: str,
+              outputs_sink: list[Tensor] | None = None) -> Tensor | None:
     inputs: dict[int, list[Tensor]] = {id(m): [] for m in layers}
     outputs: dict[int, list[Tensor]] = {id(m): [] for m in layers}
 
@@ -187,6 +189,8 @@ def _fast_ntk(model: nn.Module, X: Tensor, layers: list[nn.Module], kind: str) -
         return None  # weight sharing or non-2-D inputs: use the generic path
     n = X.shape[0]
     f = f.reshape(n, -1)
+    if outputs_sink is not None:
+        outputs_sink.append(f.detach())
     c = f.shape[1]
     zs = [outputs[id(m)][0] for m in layers]
     # G[l][j]: (n, out_l) gradients of sum_i f_j(x_i) at layer l's output = per-sample gradients
@@ -291,7 +295,8 @@ def empirical_ntk(
     chunk_size: int = 64,
     memory_budget: float = 2e9,
     check: bool = True,
-) -> Tensor:
+    return_outputs: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """The empirical NTK ``K = J Jᵀ`` of ``model`` on inputs ``X`` (shape ``(n, ...)``).
 
     Args:
@@ -301,9 +306,12 @@ def empirical_ntk(
         chunk_size: samples per ``vmap(jacrev)`` chunk on the generic path.
         memory_budget: bytes the generic path may use to hold ``J`` at once.
         check: refuse models whose outputs mix samples (see :func:`check_per_sample`).
+        return_outputs: also return the outputs ``f(X)`` of shape ``(n, c)`` (free on the fast
+            path, which runs the forward pass anyway).
 
     Returns:
-        ``K`` in ``X``'s dtype and device. Parameters with ``requires_grad=False`` are excluded.
+        ``K`` in the model's device and ``X``'s dtype (``X`` is moved to the model's device).
+        Parameters with ``requires_grad=False`` are excluded.
     """
     if kind not in ("trace", "full"):
         raise NTKError(f"kind must be 'trace' or 'full', got {kind!r}")
@@ -311,17 +319,30 @@ def empirical_ntk(
         raise NTKError(f"method must be 'auto', 'fast' or 'generic', got {method!r}")
     if X.shape[0] == 0:
         raise NTKError("X has no samples")
+    X = _on_model_device(model, X)
     if check:
         check_per_sample(model, X)
+    sink: list[Tensor] = []
+    K = None
     if method in ("auto", "fast"):
         layers = _linear_layers(model)
-        K = _fast_ntk(model, X, layers, kind) if layers is not None else None
-        if K is not None:
-            return K
-        if method == "fast":
+        K = _fast_ntk(model, X, layers, kind, sink) if layers is not None else None
+        if K is None and method == "fast":
             raise NTKError("the fast path needs every trainable parameter in a linear layer "
                            "applied once to 2-D inputs; use method='generic'")
-    return _generic_ntk(model, X, kind, chunk_size, memory_budget)
+    if K is None:
+        K = _generic_ntk(model, X, kind, chunk_size, memory_budget)
+    if not return_outputs:
+        return K
+    if not sink:
+        with torch.no_grad():
+            sink.append(model(X).reshape(X.shape[0], -1))
+    return K, sink[0]
+
+
+def _on_model_device(model: nn.Module, X: Tensor) -> Tensor:
+    p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return X.to(p.device) if p is not None and p.device != X.device else X
 
 
 def ntk_matvec(model: nn.Module, X: Tensor) -> Callable[[Tensor], Tensor]:

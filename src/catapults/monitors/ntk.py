@@ -46,14 +46,16 @@ class NTKMonitor(Callback):
             vals, vecs = ntk.top_eigenpairs(model, X, self.k, kind="full", method="lanczos",
                                             v0=self._vecs)
         else:
-            K = ntk.empirical_ntk(model, X, kind="full", check=False)
+            K, out = ntk.empirical_ntk(model, X, kind="full", check=False, return_outputs=True)
             vals, vecs = ntk.eig_top(K, self.k, v0=self._vecs)
         self._vecs = vecs
         level = nc / lr
         s = self.s or max(1, int((vals > level).sum()))
         s = min(s, vals.numel())
-        with torch.no_grad():
-            r = (model(X).reshape(y.shape) - y).reshape(-1)
+        if self.method == "lanczos":
+            with torch.no_grad():
+                out = model(X)
+        r = (out.reshape(y.shape) - y).reshape(-1)  # the kernel's own forward pass
         L, L_top, L_rest = ntk.split_from_eigvecs(r, vecs[:, :s])
         lam = [float(v) for v in vals]
         by_s = ((vecs.T @ r).pow(2).cumsum(0) / nc).tolist()  # L_top for s = 1..k

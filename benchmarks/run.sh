@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# `make bench`: run every benchmarks/bench_*.py in a benchmark-only environment.
+#
+# .bench-venv is a small venv layered on the project's .venv (a .pth file adds .venv's
+# site-packages, so torch and catapults come from there, untouched); the benchmark-only
+# packages go into .bench-venv alone, with --no-deps so pip never resolves torch:
+#   nngeometry==0.4   (baseline (c) of bench_ntk.py)
+#
+# Usage: bash benchmarks/run.sh [--quick] [extra args, passed to every bench_*.py]
+# Environment: PY (python of the project venv, default .venv/bin/python), BENCH_VENV
+# (default .bench-venv), BENCH_OUT (folder for the JSON results, default runs/benchmarks,
+# git-ignored), BENCH_WAIT_IDLE (seconds each timed call may wait for other processes to go
+# quiet, default 3; 0 turns it off).
+# Convention for bench_*.py: accept --quick; read BENCH_OUT (write BENCH_OUT/<name>.json,
+# <name>-quick.json for --quick) and BENCH_WAIT_IDLE from the environment when set.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PY:-$ROOT/.venv/bin/python}"
+BENCH_VENV="${BENCH_VENV:-$ROOT/.bench-venv}"
+export BENCH_OUT="${BENCH_OUT:-$ROOT/runs/benchmarks}"
+export BENCH_WAIT_IDLE="${BENCH_WAIT_IDLE:-3}"
+BENCH_PKGS=("nngeometry==0.4")
+
+if [[ ! -x "$PY" ]]; then
+    echo "run.sh: $PY not found; run 'make setup' first" >&2
+    exit 1
+fi
+
+# ---- the benchmark environment ------------------------------------------------------------
+if [[ ! -x "$BENCH_VENV/bin/python" ]]; then
+    echo "run.sh: creating $BENCH_VENV" >&2
+    "$PY" -m venv "$BENCH_VENV"
+fi
+MAIN_SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+BENCH_SITE="$("$BENCH_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+# addsitedir (not a bare path) so that .venv's own .pth files (the editable catapults) apply
+echo "import site; site.addsitedir('$MAIN_SITE')" > "$BENCH_SITE/_catapults_main_venv.pth"
+for pkg in "${BENCH_PKGS[@]}"; do
+    name="${pkg%%==*}"
+    want="${pkg#*==}"
+    have="$("$BENCH_VENV/bin/python" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null || true)"
+    if [[ "$have" != "$want" ]]; then
+        "$BENCH_VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$pkg"
+    fi
+done
+"$BENCH_VENV/bin/python" - <<'EOF'
+import torch, catapults, nngeometry  # noqa: F401
+print(f"bench env: torch {torch.__version__}, catapults from {catapults.__file__}", flush=True)
+EOF
+
+# ---- the benchmarks -------------------------------------------------------------------------
+mkdir -p "$BENCH_OUT"
+status=0
+shopt -s nullglob
+for bench in "$ROOT"/benchmarks/bench_*.py; do
+    name="$(basename "$bench" .py)"
+    # pass on only the options this benchmark knows (its source mentions them), so that
+    # `--quick` reaches the benchmarks that have a quick mode and does not break the others
+    args=()
+    drop=0
+    for a in "$@"; do
+        if [[ "$a" == --* ]]; then
+            opt="${a%%=*}"
+            if grep -q -- "\"$opt\"" "$bench"; then drop=0; args+=("$a"); else
+                drop=1; echo "run.sh: $name has no $opt option; not passed" >&2; fi
+        elif [[ $drop == 0 ]]; then
+            args+=("$a")
+        fi
+    done
+    echo "==== $name ${args[*]:-} ($(date -Is))"
+    if ! "$BENCH_VENV/bin/python" "$bench" ${args[@]+"${args[@]}"}; then
+        echo "run.sh: $name failed" >&2
+        status=1
+    fi
+done
+echo "results: $BENCH_OUT"
+exit $status
