@@ -74,7 +74,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the results as Markdown here")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: one round of 300-step trials (timings not comparable)")
     args = ap.parse_args(argv)
+    if args.quick:
+        SWEEP["base"]["train"]["steps"] = 300
+        args.repeats = 1
     n = len(load_sweep(SWEEP).trials)
     walls: dict[str, list[float]] = {k: [] for k in CONFIGS}
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
