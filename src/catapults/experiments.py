@@ -338,13 +338,18 @@ def exp_gd_multi(out: Path, size: str) -> ExperimentResult:
 
 # ---- sgd-spikes ----------------------------------------------------------------------------
 def exp_sgd_spikes(out: Path, size: str) -> ExperimentResult:
-    """SGD spikes are catapults: batch critical-rate crossings and top-eigenspace shares."""
+    """SGD spikes are catapults: batch critical-rate crossings and top-eigenspace shares.
+
+    SGD with batch 8 at 0.8x the full-batch critical rate of the initial network."""
     data = _synthetic(size)
     steps = {"tiny": 150, "quick": 800, "full": 2000}[size]
     b = {"tiny": 8, "quick": 8, "full": 8}[size]
+    # lr = 0.8 x the full-batch critical rate of the initial network: GD would not catapult,
+    # while small batches (larger lambda_max(K_B) / b) cross their own critical rate
     cfg = _cfg(data=data, model={"width": _width(size), "depth": 2},
-               train={"optimizer": "sgd", "lr": 3.0, "batch_size": b, "steps": steps,
-                      "eval_every": 1, "test_every": 100},
+               train={"optimizer": "sgd", "lr": 1.0, "batch_size": b, "steps": steps,
+                      "eval_every": 1, "test_every": 100,
+                      "schedule": {"kind": "critical", "milestones": [0], "values": [0.8]}},
                monitor={"ntk": {"enabled": True, "every": 1 if size == "tiny" else 2, "k": 5,
                                 "probe_size": min(256, data["n_train"]), "batch": True},
                         "events": {"enabled": True, "warning_window": 5}})
