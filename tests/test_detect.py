@@ -122,3 +122,36 @@ def test_gd_run_with_known_raises_gives_that_many_events(tmp_path):
         assert info["lambda_max_after"] < info["lambda_max_before"]  # lambda_max drops
     assert (out / "figures" / "events.png").is_file()
     assert cli.main(["inspect", str(out)]) == 0
+
+
+def test_sgd_run_tracks_batch_critical_rates_and_early_warning(tmp_path):
+    """Every SGD step records lambda_max(K_B) and eta_crit(B) of its own batch (checked against
+    an independent critical_lr of that batch at the same parameters), and the run scores the
+    early warning."""
+    from catapults.ntk import critical_lr
+    from catapults.training import Callback
+
+    checked = []
+
+    class Check(Callback):  # runs after the NTK monitor, before the update
+        def on_step_begin(self, state, X, y, record):
+            if state.step % 7 == 0:
+                checked.append((record["ntk/batch_eta_crit"],
+                                critical_lr(state.model, X.double().float())))
+
+    cfg = small_config(
+        train={"optimizer": "sgd", "batch_size": 8, "lr": 2.0, "steps": 60, "eval_every": 1},
+        monitor={"ntk": {"enabled": True, "every": 10, "probe_size": 32},
+                 "events": {"enabled": True}})
+    out = tmp_path / "run"
+    res = run(config_from_dict(cfg), out_dir=out, callbacks=[Check()])
+    rows = [r for r in res.history if "loss" in r]
+    assert all("ntk/batch_eta_crit" in r and "ntk/batch_lambda_max" in r for r in rows)
+    for got, ref in checked:
+        assert got == pytest.approx(ref, rel=1e-4)
+    probe = [r for r in rows if "ntk/lambda" in r]
+    assert [r["step"] for r in probe] == list(range(0, 60, 10))
+    warn = res.summary["monitors"]["events"]["early_warning"]
+    assert warn is not None and warn["steps"] == 60
+    assert warn["flags"] == sum(r["lr"] > r["ntk/batch_eta_crit"] for r in rows)
+    assert res.summary["monitors"]["ntk"]["batch_steps"] == 60
