@@ -64,7 +64,8 @@ class DataConfig(_Section):
     )
     grayscale: bool = Field(False, description="Real image data: convert to one channel.")
     standardize: bool = Field(
-        True, description="Real data: standardise inputs with training-set mean and std."
+        True, description="Real data: standardise each input feature with training-set mean "
+        "and std (stds floored at 10% of their average over features)."
     )
     root: str | None = Field(
         None,

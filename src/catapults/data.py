@@ -127,7 +127,8 @@ def classification_task(
 
     Keeps ``classes``, draws ``n_train`` / ``n_test`` samples with ``seed`` (from the test split
     when one is given, else disjointly from the same pool), encodes targets, and standardises
-    each input feature with training-set mean and std.
+    each input feature with training-set mean and std (each std floored at 10% of the average
+    std over features, so that pixels nearly constant on the training subset stay bounded).
     """
     all_classes = sorted(set(labels.tolist()) | set(
         labels_test.tolist() if labels_test is not None else []))
@@ -160,7 +161,10 @@ def classification_task(
     if standardize:
         mean = Xtr.mean(0, keepdim=True)
         std = Xtr.std(0, keepdim=True) if n_train > 1 else torch.ones_like(mean)
-        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        # floor: a feature (pixel) almost constant on the training subset would otherwise be
+        # blown up on test inputs; no feature's std counts as less than 10% of the average
+        floor = 0.1 * std.mean() if float(std.mean()) > 0 else torch.tensor(1.0)
+        std = torch.clamp(std, min=float(floor))
         Xtr, Xte = (Xtr - mean) / std, (Xte - mean) / std
     return Dataset(
         Xtr.to(dtype), encode_labels(labels[tr], classes, encoding).to(dtype),
