@@ -49,3 +49,24 @@ def test_reproduce_bad_experiment(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["reproduce", "nope"])
     assert e.value.code == 2
+
+
+def test_diverged_run_does_not_break_an_experiment(tmp_path, monkeypatch):
+    """A raise far above the critical rate diverges: recorded, no AGOP, the figure still drawn."""
+    import catapults.experiments as ex
+
+    make = ex._cfg
+
+    def diverging(**kw):
+        cfg = make(**kw)
+        sch = cfg.get("train", {}).get("schedule", {})
+        if sch.get("kind") == "critical" and len(sch.get("values", [])) == 3:
+            sch["values"] = [0.9, 1.3, 50.0]
+        return cfg
+
+    monkeypatch.setattr(ex, "_cfg", diverging)
+    rows, results = ex._multi_runs(tmp_path, "tiny", ex._synthetic("tiny"), tag="x")
+    assert rows[-1]["status"] == "diverged" and rows[-1]["agop_alignment"] is None
+    assert all(r["agop_alignment"] is not None for r in rows[:-1])
+    assert ex._fig_multi(rows, results, tmp_path / "f.png", "t").is_file()
+    assert ex._multi_claims("", rows)  # claims are still computed

@@ -270,8 +270,9 @@ def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str,
                      "final_test_loss": res.summary["final_test_loss"],
                      "final_test_error": res.summary.get("final_test_error")})
     G_ref, X_ref = reference(results) if reference else _synthetic_reference(data)
-    for row, res in zip(rows, results):
-        row["agop_alignment"] = _final_alignment(res, G_ref, X_ref)
+    for row, res in zip(rows, results):  # a diverged model has no meaningful AGOP
+        ok = res.status == "completed"
+        row["agop_alignment"] = _final_alignment(res, G_ref, X_ref) if ok else None
     return rows, results
 
 
@@ -308,7 +309,8 @@ def _fig_multi(rows, results, path: Path, title: str) -> Path:
     b.set_xlabel("number of catapults")
     b.set_ylabel("test loss", color="C1")
     b2 = b.twinx()
-    b2.plot(c, [r["agop_alignment"] for r in rows], "s--", color="C2", label="AGOP alignment")
+    b2.plot(c, [math.nan if r["agop_alignment"] is None else r["agop_alignment"] for r in rows],
+            "s--", color="C2", label="AGOP alignment")
     b2.set_ylabel("AGOP alignment", color="C2")
     b.set_title("Generalisation and feature learning against catapults")
     return _save(fig, path)
