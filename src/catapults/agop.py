@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from catapults.ntk import gram
+from catapults.ntk import gram, on_model_device
 
 __all__ = [
     "AGOPError",
@@ -111,15 +111,6 @@ def _chunks(X: Tensor, chunk_size: int | None):
         yield X[i:i + step]
 
 
-def _on_model_device(f: Predictor, X: Tensor) -> Tensor:
-    """Move ``X`` to the device of ``f``'s parameters (a model trained on CUDA, data on CPU)."""
-    if isinstance(f, nn.Module):
-        p = next(f.parameters(), None)
-        if p is not None and p.device != X.device:
-            return X.to(p.device)
-    return X
-
-
 def _prepare(f: Predictor, X: Tensor, check: bool) -> None:
     if X.dim() < 1 or X.shape[0] == 0:
         raise AGOPError("X has no samples")
@@ -136,7 +127,7 @@ def input_gradients(f: Predictor, X: Tensor, *, chunk_size: int | None = DEFAULT
     One forward and ``c`` backward passes per chunk of ``chunk_size`` samples (``None``: all at
     once). Parameters' ``.grad`` are not touched. ``check`` refuses batch-mixing predictors.
     """
-    X = _on_model_device(f, X)
+    X = on_model_device(f, X)
     _prepare(f, X, check)
     return torch.cat([_chunk_gradients(f, x) for x in _chunks(X, chunk_size)])
 
@@ -172,7 +163,7 @@ def agop(f: Predictor, X: Tensor, *, chunk_size: int | None = DEFAULT_CHUNK,
     Returns:
         ``(d, d)`` symmetric tensor in ``X``'s dtype and device.
     """
-    X = _on_model_device(f, X)
+    X = on_model_device(f, X)
     _prepare(f, X, check)
     n = X.shape[0]
     d = int(X[0].numel())
@@ -414,7 +405,7 @@ def agop_for_alignment(f: Predictor, X: Tensor, reference: Matrix | None = None,
     of outputs ``c`` is read from the first chunk, so no extra forward pass is made."""
     if method not in ("auto", "dense", "factored"):
         raise AGOPError(f"method must be 'auto', 'dense' or 'factored', got {method!r}")
-    X = _on_model_device(f, X)
+    X = on_model_device(f, X)
     _prepare(f, X, check)
     n, d = X.shape[0], int(X[0].numel())
     chunks = _chunks(X, chunk_size)

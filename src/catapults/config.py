@@ -347,20 +347,26 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, parsed
 
 
+def set_dotted(raw: dict[str, Any], key: str | list[str], value: Any) -> None:
+    """Set ``raw['a']['b'] = value`` for ``key='a.b'`` in place, creating missing sections."""
+    path = key.split(".") if isinstance(key, str) else key
+    node = raw
+    for i, p in enumerate(path[:-1]):
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"{'.'.join(path[: i + 1])}: is a value, not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each ``KEY=VALUE`` override applied (dotted keys)."""
     out = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
-        node = out
-        for i, p in enumerate(path[:-1]):
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            elif not isinstance(nxt, dict):
-                raise ConfigError(f"{'.'.join(path[: i + 1])}: is a value, not a section")
-            node = nxt
-        node[path[-1]] = value
+        set_dotted(out, path, value)
     return out
 
 

@@ -89,8 +89,8 @@ def find_catapults(
     for t, raw in enumerate(losses):
         if not _finite(raw):
             if current is None:
-                base = min((v for _, v in calm[-window:]), default=math.nan)
                 recent = calm[-window:]
+                base = min((v for _, v in recent), default=math.nan)
                 start = min(recent, key=lambda sv: sv[1])[0] if recent else t
                 current = Catapult(start, t, t, base, math.inf, False, trigger=t)
             current.end, current.peak, current.peak_loss = t, t, math.inf

@@ -319,7 +319,7 @@ def empirical_ntk(
         raise NTKError(f"method must be 'auto', 'fast' or 'generic', got {method!r}")
     if X.shape[0] == 0:
         raise NTKError("X has no samples")
-    X = _on_model_device(model, X)
+    X = on_model_device(model, X)
     if check:
         check_per_sample(model, X)
     sink: list[Tensor] = []
@@ -340,7 +340,8 @@ def empirical_ntk(
     return K, sink[0]
 
 
-def _on_model_device(model: nn.Module, X: Tensor) -> Tensor:
+def on_model_device(model: nn.Module | Callable[[Tensor], Tensor], X: Tensor) -> Tensor:
+    """``X`` on the device of ``model``'s parameters (a model trained on CUDA, data on CPU)."""
     p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
     return X.to(p.device) if p is not None and p.device != X.device else X
 

@@ -33,11 +33,10 @@ def plot_training(history: Sequence[dict[str, Any]], path: str | Path, *, title:
     """
     fig, ax = plt.subplots(figsize=(8, 4.5))
     x, y = _series(history, "loss")
-    ax.plot(x, y, lw=0.9, color="C0", label="train loss (batch)" if any(
-        r.get("loss") != r.get("train_loss") for r in history if "train_loss" in r) else
-        "train loss")
+    mini_batch = any(r.get("loss") != r.get("train_loss") for r in history if "train_loss" in r)
+    ax.plot(x, y, lw=0.9, color="C0", label="train loss (batch)" if mini_batch else "train loss")
     xt, yt = _series(history, "train_loss")
-    if xt and any(r.get("loss") != r.get("train_loss") for r in history if "train_loss" in r):
+    if xt and mini_batch:
         ax.plot(xt, yt, lw=1.2, color="C2", label="train loss (full)")
     xs, ys = _series(history, "test_loss")
     if xs:

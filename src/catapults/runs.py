@@ -45,11 +45,15 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -200,7 +204,6 @@ def run(config: RunConfig, *, out_dir: str | Path | None = None,
     metrics.close()
     summary = dict(result.summary)
     summary["device"] = str(device)
-    summary["wall_time_s"] = time.perf_counter() - t0
     if config.output.figures:
         plot_training(result.history, out / "figures" / "loss.png",
                       title=f"{config.data.name} / {config.train.optimizer}")

@@ -65,7 +65,14 @@ from typing import Any
 
 import yaml
 
-from catapults.config import ConfigError, RunConfig, apply_overrides, config_from_dict
+from catapults.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    set_dotted,
+)
+from catapults.runs import jsonable, write_text_atomic
 
 SWEEP_KEYS = ("name", "description", "base", "base_config", "grid", "trials", "seeds", "metrics",
               "out")
@@ -85,45 +92,8 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def _dumps(obj: Any) -> str:
-    return json.dumps(_jsonable(obj), sort_keys=True, allow_nan=False)
-
-
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = raw
-    for i, p in enumerate(parts[:-1]):
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        elif not isinstance(nxt, dict):
-            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section")
-        node = nxt
-    node[parts[-1]] = copy.deepcopy(value)
+    return json.dumps(jsonable(obj), sort_keys=True, allow_nan=False)
 
 
 def get_dotted(obj: Any, key: str) -> Any:
@@ -318,12 +288,12 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: Iterable[str] = (
         raw = copy.deepcopy(base)
         try:
             for key, value in params.items():
-                _set_dotted(raw, key, value)
+                set_dotted(raw, key, copy.deepcopy(value))
             if seed is not None:
-                _set_dotted(raw, "train.seed", seed)
+                set_dotted(raw, "train.seed", seed)
             if threads is not None and "train.threads" not in params:
-                _set_dotted(raw, "train.threads", threads)
-            _set_dotted(raw, "output.progress", False)
+                set_dotted(raw, "train.threads", threads)
+            set_dotted(raw, "output.progress", False)
             cfg = config_from_dict(raw)
         except ConfigError as err:
             label = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
@@ -407,8 +377,8 @@ def execute_trial(task: dict[str, Any], *, catch_interrupt: bool = True) -> dict
             reason = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             summary = _failure_summary(error, reason)
             summary["wall_time_s"] = time.perf_counter() - t0
-            _write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
-        _write_atomic(out / "traceback.txt", traceback.format_exc())
+            write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(out / "traceback.txt", traceback.format_exc())
         return {"id": task["id"], "status": "failed", "summary": summary, "error": error}
 
 
@@ -435,7 +405,7 @@ def _unpack(data: bytes, target: Path) -> None:
         if cfg_path.is_file():  # the run was written on the Ray node under a temporary name
             resolved = yaml.safe_load(cfg_path.read_text()) or {}
             resolved.setdefault("output", {})["dir"] = str(target)
-            _write_atomic(cfg_path, yaml.safe_dump(resolved, sort_keys=False))
+            write_text_atomic(cfg_path, yaml.safe_dump(resolved, sort_keys=False))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -505,9 +475,9 @@ class _Index:
 
     def _fill(self, row: dict[str, Any], summary: dict[str, Any] | None) -> None:
         summary = summary or {}
-        row["metrics"] = {m: _jsonable(get_dotted(summary, m)) for m in self.sweep.metrics}
+        row["metrics"] = {m: jsonable(get_dotted(summary, m)) for m in self.sweep.metrics}
         row["steps"] = summary.get("steps")
-        row["wall_time_s"] = _jsonable(summary.get("wall_time_s"))
+        row["wall_time_s"] = jsonable(summary.get("wall_time_s"))
         row["error"] = summary.get("error")
 
     def record(self, tid: str, status: str, summary: dict[str, Any] | None) -> None:
@@ -526,7 +496,7 @@ class _Index:
 
     def write(self) -> None:
         rows = list(self.rows.values())
-        _write_atomic(self.dir / "index.jsonl", "".join(_dumps(r) + "\n" for r in rows))
+        write_text_atomic(self.dir / "index.jsonl", "".join(_dumps(r) + "\n" for r in rows))
         head = (["trial_id", "status", "attempts"] + self.sweep.swept + ["seed"]
                 + self.sweep.metrics + ["steps", "wall_time_s", "finished_at", "error"])
         buf = io.StringIO()
@@ -541,7 +511,7 @@ class _Index:
                           for m in self.sweep.metrics]
                        + ["" if r[k] is None else r[k]
                           for k in ("steps", "wall_time_s", "finished_at", "error")])
-        _write_atomic(self.dir / "index.csv", buf.getvalue())
+        write_text_atomic(self.dir / "index.csv", buf.getvalue())
 
 
 # ---- running a sweep --------------------------------------------------------------------------
@@ -701,7 +671,7 @@ def run_sweep(sweep: Sweep | str | Path | dict[str, Any], out_dir: str | Path | 
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with _Lock(sweep_dir):
-        _write_atomic(sweep_dir / "sweep.yaml", yaml.safe_dump(sweep.spec, sort_keys=False))
+        write_text_atomic(sweep_dir / "sweep.yaml", yaml.safe_dump(sweep.spec, sort_keys=False))
         index = _Index(sweep, sweep_dir)
         index.write()
         todo = [t for t in sweep.trials if index.rows[t.id]["status"] not in FINISHED]
@@ -795,7 +765,7 @@ def _run_pool(tasks: list[dict[str, Any]], index: _Index, bar: _Progress, *, wor
                             continue
                         summary = _failure_summary("worker process died")
                         if not (tdir / "summary.json").is_file():
-                            _write_atomic(tdir / "summary.json", json.dumps(summary) + "\n")
+                            write_text_atomic(tdir / "summary.json", json.dumps(summary) + "\n")
                         res = {"status": "failed", "summary": summary}
                     index.record(tid, res["status"], res["summary"])
                     bar.update(res["status"], min(workers, len(pending)))
@@ -964,7 +934,7 @@ def sweep_report(sweep_dir: str | Path, *, metrics: Iterable[str] | None = None,
             line += [_fmt_csv(s["mean"]), _fmt_csv(s["std"]), s["n"]]
         w.writerow(line)
     csv_path = out / "report.csv"
-    _write_atomic(csv_path, buf.getvalue())
+    write_text_atomic(csv_path, buf.getvalue())
     paths = []
     if figures:
         for m in metric_list:
