@@ -794,8 +794,8 @@ def _run_pool(tasks: list[dict[str, Any]], index: _Index, bar: _Progress, *, wor
             pool.shutdown(wait=False, cancel_futures=True)
             for p in procs:
                 p.join(timeout=max(0.1, deadline - time.monotonic()))
-                if p.is_alive():
-                    p.terminate()
+                if p.is_alive():  # an idle worker handles SIGTERM (terminate) and stays:
+                    p.kill()      # kill it, or interpreter exit would wait on it forever
             raise
 
 
