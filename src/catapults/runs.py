@@ -77,6 +77,13 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def describe_error(err: BaseException) -> str:
+    """``'Type: message'`` for a run's summary; an interrupt says what it was."""
+    if isinstance(err, KeyboardInterrupt):
+        return "KeyboardInterrupt: stopped by Ctrl-C or SIGTERM"
+    return f"{type(err).__name__}: {err}"
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
 
@@ -198,7 +205,7 @@ def run(config: RunConfig, *, out_dir: str | Path | None = None,
         metrics.close()
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         write_json_atomic(out / "summary.json", {
-            "status": "failed", "reason": status, "error": f"{type(err).__name__}: {err}",
+            "status": "failed", "reason": status, "error": describe_error(err),
             "wall_time_s": time.perf_counter() - t0})
         raise
     metrics.close()

@@ -65,6 +65,7 @@ from typing import Any
 
 import yaml
 
+from catapults import runs
 from catapults.config import (
     ConfigError,
     RunConfig,
@@ -165,6 +166,13 @@ class Sweep:
     swept: list[str]
     out: str | None = None
     base: dict[str, Any] = field(default_factory=dict)
+
+    def default_dir(self) -> Path:
+        """The sweep file's ``out``, else ``runs/sweeps/<file stem>``."""
+        if self.out is not None:
+            return Path(self.out)
+        return Path("runs") / "sweeps" / (Path(self.source).stem if self.source != "sweep"
+                                          else "sweep")
 
 
 def trial_id(params: dict[str, Any], seed: int | None) -> str:
@@ -312,30 +320,6 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: Iterable[str] = (
 
 
 # ---- running one trial (in a worker process, a Ray task, or this process) --------------------
-_IN_TRIAL = False
-_STOP = False
-
-
-def _on_sigterm(signum, frame) -> None:  # pragma: no cover - runs in worker processes
-    global _STOP
-    _STOP = True  # trials already queued to this worker are returned as 'cancelled'
-    if _IN_TRIAL:
-        raise KeyboardInterrupt
-
-
-def _init_worker(threads: int, pool: bool = False) -> None:
-    """Worker set-up: thread counts before torch is imported; in a pool, Ctrl-C is left to the
-    main process, which stops running trials with SIGTERM (raised as KeyboardInterrupt inside a
-    trial, so the trial records itself as failed; an idle worker ignores it)."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    if pool:
-        import signal
-
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, _on_sigterm)
-
-
 def _failure_summary(error: str, reason: str = "failed") -> dict[str, Any]:
     return {"status": "failed", "reason": reason, "error": error}
 
@@ -343,29 +327,20 @@ def _failure_summary(error: str, reason: str = "failed") -> dict[str, Any]:
 def execute_trial(task: dict[str, Any], *, catch_interrupt: bool = True) -> dict[str, Any]:
     """Run one trial into ``task['dir']`` (replacing what is there) and return
     ``{'id', 'status', 'summary', 'error'}``. Never raises for a failing trial: the failure is
-    written to the trial's ``summary.json`` (and ``traceback.txt``) and returned."""
-    global _IN_TRIAL
-    from catapults import runs
-
-    if _STOP:
-        return {"id": task["id"], "status": "cancelled", "summary": None, "error": None}
+    written to the trial's ``summary.json`` (and ``traceback.txt``) and returned. An interrupt
+    (``KeyboardInterrupt``, which is what SIGTERM raises in a worker process) is recorded the
+    same way, with reason ``interrupted``, and re-raised if ``catch_interrupt`` is false."""
     out = Path(task["dir"])
     t0 = time.perf_counter()
-    if out.exists():
-        shutil.rmtree(out)
     try:
-        _IN_TRIAL = True
-        try:
-            cfg = config_from_dict(task["config"])
-            result = runs.run(cfg, out_dir=out, overwrite=True, progress=False)
-        finally:
-            _IN_TRIAL = False
+        if out.exists():
+            shutil.rmtree(out)
+        cfg = config_from_dict(task["config"])
+        result = runs.run(cfg, out_dir=out, overwrite=True, progress=False)
         return {"id": task["id"], "status": result.status, "summary": result.summary,
                 "error": None}
     except (Exception, KeyboardInterrupt) as err:
-        if isinstance(err, KeyboardInterrupt) and not catch_interrupt:
-            raise
-        error = f"{type(err).__name__}: {err}"
+        error = runs.describe_error(err)
         summary_path = out / "summary.json"
         summary = None
         if summary_path.is_file():  # run() wrote it (failed during training)
@@ -379,6 +354,8 @@ def execute_trial(task: dict[str, Any], *, catch_interrupt: bool = True) -> dict
             summary["wall_time_s"] = time.perf_counter() - t0
             write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
         write_text_atomic(out / "traceback.txt", traceback.format_exc())
+        if isinstance(err, KeyboardInterrupt) and not catch_interrupt:
+            raise
         return {"id": task["id"], "status": "failed", "summary": summary, "error": error}
 
 
@@ -416,7 +393,6 @@ def _unpack(data: bytes, target: Path) -> None:
 
 def _ray_trial(task: dict[str, Any]) -> dict[str, Any]:
     """Body of the Ray task: run in a temporary directory on the node, return the archive."""
-    _init_worker(task.get("threads") or 1)
     with tempfile.TemporaryDirectory(prefix="catapults-trial-") as tmp:
         local = dict(task, dir=str(Path(tmp) / task["id"]))
         res = execute_trial(local)
@@ -461,6 +437,7 @@ class _Index:
             except (json.JSONDecodeError, KeyError):
                 previous = {}
         self.rows: dict[str, dict[str, Any]] = {}
+        self.started: dict[str, bool] = {}  # trial id -> recorded, for trials run this time
         for t in sweep.trials:
             status, summary = read_trial_status(self.trial_dir(t))
             old = previous.get(t.id, {})
@@ -480,12 +457,32 @@ class _Index:
         row["wall_time_s"] = jsonable(summary.get("wall_time_s"))
         row["error"] = summary.get("error")
 
+    def start(self, tid: str) -> None:
+        """Note that a trial was handed to a worker (it counts as an attempt from now on)."""
+        self.started[tid] = False
+
     def record(self, tid: str, status: str, summary: dict[str, Any] | None) -> None:
+        self.started[tid] = True
         row = self.rows[tid]
         row["status"] = status
         row["attempts"] += 1
         row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._fill(row, summary)
+        self.write()
+
+    def reconcile(self) -> None:
+        """After a stop: each trial started but not recorded takes the status its directory
+        shows ('failed' if it recorded its interruption, 'unfinished' if it had no time to);
+        then the index is written."""
+        for tid, recorded in self.started.items():
+            if recorded:
+                continue
+            row = self.rows[tid]
+            status, summary = read_trial_status(self.dir / row["dir"])
+            row["status"] = status
+            row["attempts"] += 1
+            row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            self._fill(row, summary)
         self.write()
 
     def counts(self) -> dict[str, int]:
@@ -652,13 +649,7 @@ def run_sweep(sweep: Sweep | str | Path | dict[str, Any], out_dir: str | Path | 
         for t in sweep.trials:
             if "train.threads" not in t.params:
                 t.config.train.threads = threads
-    if out_dir is None:
-        if sweep.out is None:
-            stem = Path(sweep.source).stem if sweep.source != "sweep" else "sweep"
-            out_dir = Path("runs") / "sweeps" / stem
-        else:
-            out_dir = sweep.out
-    sweep_dir = Path(out_dir)
+    sweep_dir = Path(out_dir) if out_dir is not None else sweep.default_dir()
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise ConfigError(f"--out: {sweep_dir} exists and is not a directory")
     if sweep_dir.is_dir() and any(sweep_dir.iterdir()) and not (sweep_dir / "index.jsonl").exists():
@@ -695,15 +686,12 @@ def run_sweep(sweep: Sweep | str | Path | dict[str, Any], out_dir: str | Path | 
             interrupted = True
         finally:
             bar.close()
-            for t in todo:  # trials stopped before they wrote a summary stay unfinished
-                row = index.rows[t.id]
-                status, summary = read_trial_status(index.trial_dir(t))
-                if status != row["status"]:
-                    row["status"] = status
-                    index._fill(row, summary)
-            index.write()
+            index.reconcile()  # trials stopped mid-way: their status as left on disk
             for stray in sweep_dir.glob(".*.tmp-*"):
                 stray.unlink(missing_ok=True)
+            for tid in index.started:  # from workers killed while writing
+                for stray in (sweep_dir / "trials" / tid).rglob(".*.tmp-*"):
+                    stray.unlink(missing_ok=True)
         if interrupted:
             raise KeyboardInterrupt
     if report:
@@ -722,6 +710,7 @@ def _run_inline(tasks: list[dict[str, Any]], index: _Index, bar: _Progress,
     before = torch.get_num_threads()
     try:
         for i, task in enumerate(tasks):
+            index.start(task["id"])
             bar.update(None, 1)
             res = execute_trial(task, catch_interrupt=False)
             index.record(task["id"], res["status"], res["summary"])
@@ -732,71 +721,29 @@ def _run_inline(tasks: list[dict[str, Any]], index: _Index, bar: _Progress,
 
 def _run_pool(tasks: list[dict[str, Any]], index: _Index, bar: _Progress, *, workers: int,
               threads: int) -> None:
-    import multiprocessing as mp
-    import signal
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
+    """The local backend: :func:`catapults.workers.run_tasks` over :func:`execute_trial`."""
+    from catapults.workers import run_tasks
 
-    by_id = {t["id"]: t for t in tasks}
-    queue = list(tasks)
-    restarts = 0
-    while queue:
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)),
-                                   mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(threads, True))
-        futures = {pool.submit(execute_trial, t): t["id"] for t in queue}
-        queue = []
-        try:
-            pending = set(futures)
-            bar.update(None, min(workers, len(pending)))
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    tid = futures[fut]
-                    try:
-                        res = fut.result()
-                    except BrokenProcessPool:
-                        # a worker died (killed, out of memory, segfault): a trial it was running
-                        # is recorded as failed; trials not started go into a fresh pool
-                        tdir = Path(by_id[tid]["dir"])
-                        started = (tdir / "config.yaml").is_file()
-                        if not started and restarts < 3:
-                            queue.append(by_id[tid])
-                            continue
-                        summary = _failure_summary("worker process died")
-                        if not (tdir / "summary.json").is_file():
-                            write_text_atomic(tdir / "summary.json", json.dumps(summary) + "\n")
-                        res = {"status": "failed", "summary": summary}
-                    index.record(tid, res["status"], res["summary"])
-                    bar.update(res["status"], min(workers, len(pending)))
-            pool.shutdown(wait=True)
-            restarts += 1
-        except KeyboardInterrupt:
-            for fut in futures:
-                fut.cancel()
-            procs = list((getattr(pool, "_processes", None) or {}).values())
-            for p in procs:  # running trials stop and record themselves as failed
-                if p.is_alive():
-                    try:
-                        os.kill(p.pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-            deadline = time.monotonic() + 30
-            for fut, tid in futures.items():
-                if fut.cancelled():
-                    continue
-                try:
-                    res = fut.result(timeout=max(0.1, deadline - time.monotonic()))
-                    if res["status"] != "cancelled":
-                        index.record(tid, res["status"], res["summary"])
-                except Exception:
-                    pass
-            pool.shutdown(wait=False, cancel_futures=True)
-            for p in procs:
-                p.join(timeout=max(0.1, deadline - time.monotonic()))
-                if p.is_alive():  # an idle worker handles SIGTERM (terminate) and stays:
-                    p.kill()      # kill it, or interpreter exit would wait on it forever
-            raise
+    def on_start(task: dict[str, Any], running: int) -> None:
+        index.start(task["id"])
+        bar.update(None, running)
+
+    def on_done(task: dict[str, Any], answer: tuple[bool, Any] | None, running: int) -> None:
+        if answer is not None and answer[0]:
+            res = answer[1]
+        else:  # the worker died (killed, out of memory, segfault), or execute_trial raised
+            error = "worker process died" if answer is None else answer[1]
+            status, summary = read_trial_status(Path(task["dir"]))
+            if summary is None or status not in ("failed", *FINISHED):
+                summary = _failure_summary(error)
+                write_text_atomic(Path(task["dir"]) / "summary.json",
+                                  json.dumps(summary, indent=2) + "\n")
+            res = {"status": summary["status"], "summary": summary}
+        index.record(task["id"], res["status"], res["summary"])
+        bar.update(res["status"], running)
+
+    run_tasks(tasks, "catapults.sweeps:execute_trial", workers=workers, threads=threads,
+              on_start=on_start, on_done=on_done)
 
 
 def _run_ray(tasks: list[dict[str, Any]], index: _Index, bar: _Progress, *,
@@ -829,6 +776,7 @@ def _run_ray(tasks: list[dict[str, Any]], index: _Index, bar: _Progress, *,
                     task = queue.pop(0)
                     ref = remote.options(num_cpus=task["threads"], max_retries=0).remote(task)
                     inflight[ref] = task
+                    index.start(task["id"])
                 bar.update(None, len(inflight))
                 done, _ = ray.wait(list(inflight), num_returns=1)
                 for ref in done:
@@ -1097,14 +1045,33 @@ def cmd_sweep(args) -> int:
         workers, threads = args.workers, args.threads or 1
     sweep = load_sweep(args.sweep, args.overrides, threads=threads)
     if args.dry_run:
-        out = Path(args.out or sweep.out or Path("runs") / "sweeps" / Path(args.sweep).stem)
+        out = Path(args.out) if args.out else sweep.default_dir()
         for t in sweep.trials:
             status, _ = read_trial_status(out / "trials" / t.id)
             print(f"{t.id}  {status}  {t.label()}")
         print(f"{len(sweep.trials)} trials, sweep directory {out}")
         return 0
-    res = run_sweep(sweep, args.out, workers=workers, threads=threads, backend=args.backend,
-                    address=args.address, progress=not args.no_progress, report=False)
+    import signal
+
+    def terminate(signum, frame):  # a job scheduler's SIGTERM stops the sweep like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    out = Path(args.out) if args.out else sweep.default_dir()
+    try:
+        res = run_sweep(sweep, out, workers=workers, threads=threads, backend=args.backend,
+                        address=args.address, progress=not args.no_progress, report=False)
+    except KeyboardInterrupt:
+        if (out / "index.jsonl").is_file():
+            counts: dict[str, int] = {}
+            for r in read_index(out):
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            done = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+            print(f"sweep stopped: {done}; index {out / 'index.csv'}. Run the same command "
+                  "again to resume (finished trials are kept).", file=sys.stderr)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     c = res.counts
     failed = len(res.rows) - c.get("completed", 0) - c.get("diverged", 0)
     print(f"{len(res.rows)} trials: {c.get('completed', 0)} completed, "
