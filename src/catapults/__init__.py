@@ -9,6 +9,9 @@ SPEC.md section 1; see the README. Modules, one idea each:
 - :mod:`catapults.training` the training engine and callback interface
 - :mod:`catapults.runs`     run directories on disk
 - :mod:`catapults.monitors` monitors plugged into training
+- :mod:`catapults.ntk`, :mod:`catapults.agop`, :mod:`catapults.detect` the quantities monitored
+- :mod:`catapults.sweeps`   sweeps;  :mod:`catapults.workers` their local worker pool
+- :mod:`catapults.experiments` the paper's experiments (``catapults reproduce``)
 - :mod:`catapults.reporting` figures
 - :mod:`catapults.cli`      the command line
 """
