@@ -34,9 +34,9 @@ edited) is an error rather than silently reused.
 
 Backends: ``local`` (a pool of ``spawn`` worker processes, :mod:`catapults.workers`,
 ``--workers`` of them with ``--threads`` torch threads each, workers x threads <= cores by
-default; one worker runs the trials in this process) and ``ray`` (each trial a Ray task on the cluster at ``--address``, or on
-a local instance; the task runs in a temporary directory on its node and ships the run directory
-back as a tar archive, so no shared file system is needed).
+default; one worker runs the trials in this process) and ``ray`` (each trial a Ray task on the
+cluster at ``--address``, or on a local instance; the task runs in a temporary directory on its
+node and ships the run directory back as a tar archive, so no shared file system is needed).
 
 Stopping: on Ctrl-C the running trials are interrupted (each records ``status: failed, reason:
 interrupted`` in its ``summary.json``), every worker is stopped, the index is written and
