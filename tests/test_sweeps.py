@@ -421,14 +421,18 @@ def test_ctrl_c_stops_worker_processes_cleanly(tmp_path, how):
     s["base"]["train"]["steps"] = 200_000
     path = write_spec(tmp_path, s)
     out = tmp_path / "sw"
+    # As under a terminal, the child gets Python's default SIGINT handler explicitly: a shell
+    # starts background jobs with SIGINT ignored, and that disposition would be inherited.
+    preamble = "import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
     if how == "sigterm-cli":
-        cmd = [sys.executable, "-m", "catapults.cli", "sweep", str(path), "--out", str(out),
-               "--workers", "2", "--threads", "1", "--no-progress"]
+        code = preamble + ("from catapults.cli import main\n"
+                           f"sys.exit(main(['sweep', {str(path)!r}, '--out', {str(out)!r}, "
+                           "'--workers', '2', '--threads', '1', '--no-progress']))\n")
     else:
-        cmd = [sys.executable, "-c",
-               "import sys\nfrom catapults.sweeps import run_sweep\ntry:\n"
-               f"    run_sweep({str(path)!r}, {str(out)!r}, workers=2, threads=1, "
-               "progress=False)\nexcept KeyboardInterrupt:\n    sys.exit(130)\n"]
+        code = preamble + ("from catapults.sweeps import run_sweep\ntry:\n"
+                           f"    run_sweep({str(path)!r}, {str(out)!r}, workers=2, threads=1, "
+                           "progress=False)\nexcept KeyboardInterrupt:\n    sys.exit(130)\n")
+    cmd = [sys.executable, "-c", code]
     proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
