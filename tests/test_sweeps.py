@@ -408,12 +408,13 @@ def _state(pid):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("how", ["sigint", "ctrl-c-group", "sigterm-cli"])
+@pytest.mark.parametrize("how", ["sigint", "ctrl-c-group", "sigterm-cli", "sigkill"])
 def test_ctrl_c_stops_worker_processes_cleanly(tmp_path, how):
     """A real signal to a sweep running in worker processes: SIGINT to the sweep process, a
     terminal's Ctrl-C (SIGINT to the whole process group, workers included), or SIGTERM to
     `catapults sweep`. The running trials stop and are recorded as failed (interrupted), the
-    index is complete, no worker process, temporary file or lock is left behind."""
+    index is complete, no worker process, temporary file or lock is left behind. After SIGKILL
+    (nothing can be cleaned up) the workers still exit, and do not finish their trials."""
     import signal
     import time
 
@@ -446,15 +447,21 @@ def test_ctrl_c_stops_worker_processes_cleanly(tmp_path, how):
             proc.send_signal(signal.SIGINT)
         elif how == "ctrl-c-group":
             os.killpg(proc.pid, signal.SIGINT)
+        elif how == "sigkill":
+            proc.kill()
         else:
             proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 130
+        assert proc.wait(timeout=60) == (-signal.SIGKILL if how == "sigkill" else 130)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     stderr = proc.stderr.read()
     assert gone(workers), "worker processes outlived the sweep"
     assert "Traceback" not in stderr, stderr
+    if how == "sigkill":
+        for trial in out.glob("trials/*"):
+            assert not (trial / "summary.json").exists()  # interrupted mid-trial, not finished
+        return
     if how == "sigterm-cli":
         assert "Run the same command again to resume" in stderr
     rows = read_index(out)

@@ -16,6 +16,7 @@ Signals:
 - in a worker, SIGTERM raises ``KeyboardInterrupt`` wherever the worker is. A task running then
   gets the chance to record itself as interrupted (sweeps write the trial's ``summary.json``);
   an idle worker simply exits;
+- a worker whose parent dies (SIGKILL, say) exits within a second, mid-task or not;
 - on ``KeyboardInterrupt`` in this process, :func:`run_tasks` sends SIGTERM to every worker,
   waits up to ``grace_s`` seconds for them to exit, kills those still alive, and re-raises. A
   second Ctrl-C during the wait kills them at once.
@@ -45,11 +46,20 @@ def _interrupt(signum, frame) -> None:  # pragma: no cover - runs in worker proc
     raise KeyboardInterrupt
 
 
-def _worker_main(conn: Connection, target: str) -> None:  # pragma: no cover - worker process
+def _exit_with_parent(parent: int) -> None:  # pragma: no cover - worker process
+    """Watchdog thread: if the process that started this worker is gone (killed with SIGKILL,
+    say), exit rather than finish a task nobody will collect."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _worker_main(conn: Connection, target: str, parent: int) -> None:  # pragma: no cover
     """A worker's loop: receive a task (``None``: exit), answer ``(True, target(task))`` or
     ``(False, 'Type: message')`` if ``target`` raised."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     try:
         module, name = target.split(":")
         fn = getattr(importlib.import_module(module), name)
@@ -99,7 +109,7 @@ class _Worker:
 def _start_worker(target: str, threads: int) -> _Worker:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=_worker_main, args=(child, target), daemon=True,
+    process = ctx.Process(target=_worker_main, args=(child, target, os.getpid()), daemon=True,
                           name="catapults-worker")
     with _child_environment(threads):
         process.start()
