@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from catapults import cli
+from catapults.config import config_from_dict
 from catapults.experiments import EXPERIMENTS, THRESHOLDS, make_claim, spearman
 
 
@@ -70,3 +72,60 @@ def test_diverged_run_does_not_break_an_experiment(tmp_path, monkeypatch):
     assert all(r["agop_alignment"] is not None for r in rows[:-1])
     assert ex._fig_multi(rows, results, tmp_path / "f.png", "t").is_file()
     assert ex._multi_claims("", rows)  # claims are still computed
+
+
+
+@pytest.fixture
+def real_files(tmp_path, monkeypatch):
+    """CIFAR-10, SVHN and CelebA files in their real formats (random pixels) under a data root
+    that $CATAPULTS_DATA points at."""
+    import test_datasets as fx  # the data-file fixtures
+
+    root = tmp_path / "data"
+    fx.make_cifar(root, per_batch=60, n_test=60)
+    fx.make_svhn(root, n=(300, 150))
+    fx.make_celeba(root, partitions=[0] * 150 + [2] * 60)
+    monkeypatch.setenv("CATAPULTS_DATA", str(root))
+    return root
+
+
+REAL = ("cifar10", "svhn", "celeba")
+
+
+def test_real_tasks_use_every_present_data_set(real_files, tmp_path):
+    """At full size `reproduce real` adds every data set present; each task's preprocessing
+    (grayscale, resize, attribute) goes through a short run."""
+    from catapults import experiments, runs
+
+    tasks = {t["name"]: t for t in experiments._real_tasks("full")}
+    assert set(tasks) == {"digits", *REAL}
+    assert tasks["cifar10"]["grayscale"] and tasks["celeba"]["attribute"] == "Smiling"
+    for name in REAL:
+        data = {"standardize": True, "seed": 0, **tasks[name], "n_train": 48, "n_test": 10}
+        cfg = config_from_dict(experiments._cfg(
+            data=data, model={"width": 64, "depth": 2},
+            train={"optimizer": "gd", "lr": 0.5, "steps": 5}, output={"figures": False}))
+        res = runs.run(cfg, out_dir=tmp_path / name, progress=False)
+        assert res.status == "completed", name
+        side = tasks[name]["image_size"]
+        first = next(p for p in res.model.parameters() if p.ndim == 2)
+        assert first.shape[1] == side * side, name  # grayscale, resized
+
+
+@pytest.mark.slow
+def test_real_experiment_runs_cifar_svhn_celeba_end_to_end(real_files, tmp_path, monkeypatch):
+    """The whole `real` experiment (gd-multi and batch-size runs, best-run reference AGOP,
+    claims, figures) on CIFAR-10, SVHN and CelebA files, at the tiny size."""
+    from catapults import experiments
+
+    tasks = {t["name"]: t for t in experiments._real_tasks("full")}
+    small = [dict(tasks[name], n_train=48, n_test=10) for name in REAL]
+    monkeypatch.setattr(experiments, "_real_tasks", lambda size: small)
+    res = experiments.exp_real(tmp_path / "out", "tiny")
+    assert {c.id.split(":")[0] for c in res.claims} == {f"real-{n}" for n in REAL}
+    assert len(res.figures) == 6 and all(Path(f).is_file() for f in res.figures)
+    for name in REAL:
+        run_dir = tmp_path / "out" / "runs" / f"{name}-gd-raises0"
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert cfg["data"]["name"] == name and cfg["data"]["n_train"] == 48
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
