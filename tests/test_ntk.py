@@ -293,3 +293,29 @@ def test_eig_top_float32_kernel_default_tolerance():
     torch.testing.assert_close(vals.double(), ref, rtol=1e-6, atol=0)
     v, U = vals.double(), vecs.double()
     assert ((K64 @ U - U * v).norm(dim=0) / v).max() < 3e-6
+
+
+def test_monitor_solvers_agree_with_finite_difference_kernel():
+    """NTKMonitor: 'auto' is dense up to max_dense rows of the full kernel, Lanczos above; both
+    give the eigenvalues and loss split of a finite-difference kernel (c = 2, float64)."""
+    from catapults.monitors.ntk import NTKMonitor
+
+    seed = int(torch.randint(0, 10**6, ()))
+    model = MLP(5, 2, width=16, depth=2, activation="tanh", seed=seed, dtype=torch.float64)
+    X = torch.randn(12, 5, dtype=torch.float64)
+    y = torch.randn(12, 2, dtype=torch.float64)
+    evals, evecs = torch.linalg.eigh(reference_kernel(model, X, "full"))
+    lam_ref, top = evals.flip(0)[:3], evecs.flip(1)[:, :2]
+    with torch.no_grad():
+        r = (model(X) - y).reshape(-1)
+    L_top_ref = float((top.T @ r).pow(2).sum() / r.numel())
+    assert NTKMonitor(X, y, k=3).method == "dense"
+    assert NTKMonitor(X, y, k=3, max_dense=23).method == "lanczos"
+    for mon in (NTKMonitor(X, y, k=3, s=2), NTKMonitor(X, y, k=3, s=2, max_dense=23)):
+        row = mon.measure(model, lr=1.0)
+        torch.testing.assert_close(torch.tensor(row["ntk/lambda"], dtype=torch.float64),
+                                   lam_ref, rtol=1e-6, atol=1e-8)
+        assert row["ntk/eta_crit"] == pytest.approx(24 / float(lam_ref[0]), rel=1e-6)
+        assert row["ntk/L_top"] == pytest.approx(L_top_ref, rel=1e-5, abs=1e-10)
+    with pytest.raises(ValueError, match="method"):
+        NTKMonitor(X, y, method="eigh")

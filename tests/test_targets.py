@@ -41,3 +41,12 @@ def test_product_targets_exact():
     expected = torch.zeros(10, 10, dtype=torch.float64)
     expected[0, 0] = expected[1, 1] = 1
     torch.testing.assert_close(G, expected)
+
+
+def test_coefficients_keep_their_value():
+    """Decimal literals are exact (0.1 -> 1/10), and tiny ones are not rounded to 0."""
+    G = parse_target("1e-13*x1*x2", 3).expected_agop()
+    assert G[0, 0].item() == pytest.approx(1e-26, rel=1e-12) and G[2, 2] == 0
+    G = parse_target("0.1*x1*x2 + 3.3e-7*x3", 3).expected_agop()
+    assert G[0, 0].item() == pytest.approx(0.01, rel=1e-15)
+    assert G[2, 2].item() == pytest.approx(3.3e-7 ** 2, rel=1e-12)

@@ -219,14 +219,12 @@ class NTKMonitorConfig(_Section):
         description="Probe set: the first probe_size training samples (None: all for GD, "
         "min(n, 512) for mini-batch training).",
     )
-    kind: Literal["trace", "full"] = Field(
-        "full", description="Kernel for c > 1: 'full' (n*c x n*c) or 'trace' (n x n)."
-    )
     batch: bool = Field(
         True, description="Mini-batch training: lambda_max and eta_crit of every batch's kernel."
     )
     method: Literal["auto", "dense", "lanczos"] = Field(
-        "auto", description="Eigen-solver: dense eigh, matrix-free Lanczos, or auto by size."
+        "auto", description="Eigen-solver on the full (n*c x n*c) kernel: dense (form K), "
+        "matrix-free Lanczos (never forms K or J), or auto (dense up to 6000 rows)."
     )
 
 

@@ -171,10 +171,18 @@ class _NotPolynomial(Exception):
 Poly = dict[tuple[int, ...], Fraction]
 
 
+def _decimal_fraction(value: float) -> Fraction:
+    """The fraction a literal means: 0.1 -> 1/10 (the nearest simple fraction, when it is within
+    rounding of the float), else the float's exact value (so 1e-13 stays 1e-13, not 0)."""
+    exact = Fraction(value)
+    simple = exact.limit_denominator(10**12)
+    return simple if abs(simple - exact) <= abs(exact) * Fraction(1, 10**15) else exact
+
+
 def _poly(node: ast.AST, d: int) -> Poly:
     zero = (0,) * d
     if isinstance(node, ast.Constant):
-        return {zero: Fraction(node.value).limit_denominator(10**12)}
+        return {zero: _decimal_fraction(node.value)}
     if isinstance(node, ast.Name):
         e = [0] * d
         e[int(node.id[1:]) - 1] = 1

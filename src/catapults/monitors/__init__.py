@@ -37,7 +37,7 @@ def build_monitors(config: RunConfig, data: Dataset) -> list[Callback]:
     if m.ntk.enabled:
         X, y = _probe(m.ntk, data, full_batch)
         monitors.append(NTKMonitor(X, y, k=m.ntk.k, every=m.ntk.every, s=m.ntk.s,
-                                   kind=m.ntk.kind, batch=m.ntk.batch, method=m.ntk.method))
+                                   batch=m.ntk.batch, method=m.ntk.method))
     if m.agop.enabled:
         monitors.append(AGOPMonitor.from_config(config, data))
     if m.events.enabled:

@@ -24,17 +24,28 @@ class NTKMonitor(Callback):
     With ``batch=True`` (mini-batch training) also, every step, ``λ_max(K_B)`` and
     ``η_crit(B) = b·c/λ_max(K_B)`` of the current batch. Keys are written as ``ntk/...``.
 
+    ``method``: ``"dense"`` forms the kernel (fast; reuses its forward pass), ``"lanczos"``
+    never forms it (``K v = J(Jᵀv)``, for probes too large to hold), ``"auto"`` is dense up to
+    ``max_dense`` rows of the full kernel (``n·c``), else Lanczos. Both warm-start from the last
+    eigenvectors.
+
     Outside the trainer: ``row = monitor.measure(model, lr)`` returns the same figures.
     """
 
     name = "ntk"
 
     def __init__(self, X: Tensor, y: Tensor, *, k: int = 5, every: int = 10,
-                 s: int | None = None, kind: str = "full", batch: bool = True,
-                 method: str = "auto") -> None:
+                 s: int | None = None, batch: bool = True, method: str = "auto",
+                 max_dense: int = 6000) -> None:
+        if method not in ("auto", "dense", "lanczos"):
+            raise ValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
         self.X, self.y = X, y.reshape(X.shape[0], -1)
-        self.k, self.every, self.s, self.kind = k, every, s, kind
-        self.batch, self.method = batch, method
+        self.k, self.every, self.s = k, every, s
+        self.batch = batch
+        # the full kernel is (n*c) x (n*c): formed densely up to max_dense rows, else matrix-free
+        if method == "auto":
+            method = "dense" if self.y.numel() <= max_dense else "lanczos"
+        self.method = method
         self._vecs: Tensor | None = None
         self.rows: list[dict[str, Any]] = []
         self.batch_rows: list[dict[str, Any]] = []
