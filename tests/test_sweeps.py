@@ -242,9 +242,56 @@ def test_locked_sweep_directory_is_refused(tmp_path):
     out = tmp_path / "sw"
     out.mkdir()
     (out / "index.jsonl").write_text("")
-    (out / ".sweep.lock").write_text(str(os.getppid()))  # a live process
-    with pytest.raises(ConfigError, match="in use"):
-        run_sweep(path, out, workers=1, progress=False)
+    import fcntl
+
+    with open(out / ".sweep.lock", "w") as held:  # another sweep holds the lock
+        held.write("4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match=r"in use by another sweep \(process 4242\)"):
+            run_sweep(path, out, workers=1, progress=False)
+    assert (out / ".sweep.lock").read_text() == "4242"  # the holder's file is untouched
+
+
+def _contend(d, barrier, q):  # pragma: no cover - runs in a child process
+    import time
+
+    from catapults.sweeps import _Lock
+
+    barrier.wait()
+    try:
+        with _Lock(d):
+            t0 = time.monotonic()
+            time.sleep(0.02)
+            q.put((t0, time.monotonic()))
+    except ConfigError:
+        q.put(None)
+
+
+def test_lock_is_exclusive_under_contention(tmp_path):
+    """Sweeps started at the same moment on one directory (with a stale lock file, or none):
+    never two holders at once. (An earlier pid-file lock failed this about 6% of the time.)"""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for i in range(40):
+        d = tmp_path / f"d{i}"
+        d.mkdir()
+        if i % 2:
+            (d / ".sweep.lock").write_text("999999")  # left by a killed sweep
+        barrier, q = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_contend, args=(d, barrier, q)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=30)
+        held = [r for r in (q.get(timeout=5) for _ in procs) if r is not None]
+        assert held, "nobody took the lock"
+        for a in range(len(held)):
+            for b in range(a + 1, len(held)):
+                (s1, e1), (s2, e2) = held[a], held[b]
+                assert e1 <= s2 or e2 <= s1, f"two holders at once (round {i})"
+        assert not (d / ".sweep.lock").exists()
 
 
 def test_edited_sweep_is_not_silently_reused(tmp_path):
@@ -461,6 +508,9 @@ def test_ctrl_c_stops_worker_processes_cleanly(tmp_path, how):
     if how == "sigkill":
         for trial in out.glob("trials/*"):
             assert not (trial / "summary.json").exists()  # interrupted mid-trial, not finished
+        rows = read_index(out)  # what the killed sweep last wrote: the two attempts it made
+        assert sorted((r["status"], r["attempts"]) for r in rows) == [
+            ("pending", 0), ("pending", 0), ("running", 1), ("running", 1)]
         return
     if how == "sigterm-cli":
         assert "Run the same command again to resume" in stderr
@@ -474,3 +524,36 @@ def test_ctrl_c_stops_worker_processes_cleanly(tmp_path, how):
             assert summary["reason"] == "interrupted"
             assert r["attempts"] == 1
     assert not list(out.rglob("*.tmp-*")) and not (out / ".sweep.lock").exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stop_event_stops_a_sweep_in_a_thread(tmp_path, workers):
+    """run_sweep in a thread (where Ctrl-C never arrives): setting `stop` stops it like Ctrl-C,
+    in this process (workers=1) or in worker processes."""
+    import threading
+    import time
+
+    s = spec(seeds=[0, 1, 2])
+    s["base"]["train"]["steps"] = 200_000
+    path = write_spec(tmp_path, s)
+    out = tmp_path / "sw"
+    stop, raised = threading.Event(), []
+
+    def target():
+        try:
+            run_sweep(path, out, workers=workers, threads=1, progress=False, stop=stop)
+        except KeyboardInterrupt:
+            raised.append(True)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and \
+            len(list(out.glob("trials/*/metrics.jsonl"))) < workers:
+        time.sleep(0.2)
+    stop.set()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and raised == [True]
+    statuses = sorted(r["status"] for r in read_index(out))
+    assert statuses == sorted(["failed"] * workers + ["pending"] * (3 - workers)), statuses
+    assert not (out / ".sweep.lock").exists()

@@ -59,3 +59,26 @@ def test_keyboard_interrupt_stops_running_workers_promptly():
 def test_bad_worker_count():
     with pytest.raises(ValueError, match="workers"):
         run_tasks([1.0], "math:sqrt", workers=0)
+
+
+def test_a_target_that_cannot_be_imported_answers_each_task_once():
+    """A task larger than a pipe buffer and a broken target: every task gets the import error
+    (no endless restarting of workers)."""
+    big = "x" * 300_000
+    _, done = collect([big, "y"], "no_such_module:f", workers=1)
+    assert [t for t, _ in done] == [big, "y"]
+    for _, (ok, error) in done:
+        assert not ok and error.startswith("cannot import no_such_module:f: ModuleNotFoundError")
+    assert mp.active_children() == []
+
+
+def test_stop_event_from_another_thread():
+    import threading
+
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks([60.0, 60.0, 60.0], "time:sleep", workers=2, stop=stop)
+    assert time.monotonic() - t0 < 15.0
+    assert mp.active_children() == []

@@ -16,9 +16,23 @@ SPEC.md section 1; see the README. Modules, one idea each:
 - :mod:`catapults.cli`      the command line
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
-
-from catapults.config import ConfigError, RunConfig, load_config  # noqa: E402
-from catapults.runs import RunResult, run  # noqa: E402
-
 __all__ = ["ConfigError", "RunConfig", "RunResult", "load_config", "run", "__version__"]
+
+# The names above are imported on first use (PEP 562), so that importing a light module such as
+# catapults.workers (in a sweep's worker process, before it sets its thread counts) does not
+# import torch.
+_LAZY = {"ConfigError": "config", "RunConfig": "config", "load_config": "config",
+         "RunResult": "runs", "run": "runs"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"catapults.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'catapults' has no attribute {name!r}")

@@ -59,6 +59,7 @@ import statistics
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterable
@@ -78,6 +79,7 @@ from catapults.config import (
     set_dotted,
 )
 from catapults.runs import jsonable, write_text_atomic
+from catapults.training import Callback
 
 SWEEP_KEYS = ("name", "description", "base", "base_config", "grid", "trials", "seeds", "metrics",
               "out")
@@ -328,7 +330,8 @@ def _failure_summary(error: str, reason: str = "failed") -> dict[str, Any]:
     return {"status": "failed", "reason": reason, "error": error}
 
 
-def execute_trial(task: dict[str, Any], *, catch_interrupt: bool = True) -> dict[str, Any]:
+def execute_trial(task: dict[str, Any], *, catch_interrupt: bool = True,
+                  callbacks: list[Callback] | None = None) -> dict[str, Any]:
     """Run one trial into ``task['dir']`` (replacing what is there) and return
     ``{'id', 'status', 'summary', 'error'}``. Never raises for a failing trial: the failure is
     written to the trial's ``summary.json`` (and ``traceback.txt``) and returned. An interrupt
@@ -340,7 +343,8 @@ def execute_trial(task: dict[str, Any], *, catch_interrupt: bool = True) -> dict
         if out.exists():
             shutil.rmtree(out)
         cfg = config_from_dict(task["config"])
-        result = runs.run(cfg, out_dir=out, overwrite=True, progress=False)
+        result = runs.run(cfg, out_dir=out, overwrite=True, progress=False,
+                          callbacks=callbacks or None)
         return {"id": task["id"], "status": result.status, "summary": result.summary,
                 "error": None}
     except (Exception, KeyboardInterrupt) as err:
@@ -441,7 +445,7 @@ class _Index:
             except (json.JSONDecodeError, KeyError):
                 previous = {}
         self.rows: dict[str, dict[str, Any]] = {}
-        self.started: dict[str, bool] = {}  # trial id -> recorded, for trials run this time
+        self.started: dict[str, float] = {}  # trial id -> hand-out time, until recorded
         for t in sweep.trials:
             status, summary = read_trial_status(self.trial_dir(t))
             old = previous.get(t.id, {})
@@ -462,31 +466,43 @@ class _Index:
         row["error"] = summary.get("error")
 
     def start(self, tid: str) -> None:
-        """Note that a trial was handed to a worker (it counts as an attempt from now on)."""
-        self.started[tid] = False
+        """A trial is handed out: it counts as an attempt from now on, and the index on disk
+        says ``running`` (a sweep killed outright still shows the attempt)."""
+        row = self.rows[tid]
+        self.started[tid] = time.time()
+        row["status"] = "running"
+        row["attempts"] += 1
+        self.write()
 
     def record(self, tid: str, status: str, summary: dict[str, Any] | None) -> None:
-        self.started[tid] = True
+        self.started.pop(tid, None)
         row = self.rows[tid]
         row["status"] = status
-        row["attempts"] += 1
         row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._fill(row, summary)
         self.write()
 
+    def fresh_status(self, tid: str) -> tuple[str, dict[str, Any] | None]:
+        """The status a trial's directory shows, ignoring a summary older than the hand-out
+        (left by a previous attempt when this one died before it began): 'unfinished'."""
+        trial_dir = self.dir / self.rows[tid]["dir"]
+        status, summary = read_trial_status(trial_dir)
+        since = self.started.get(tid)
+        if summary is not None and since is not None:
+            try:
+                if (trial_dir / "summary.json").stat().st_mtime < since - 1.0:
+                    return "unfinished", None
+            except OSError:
+                pass
+        return status, summary
+
     def reconcile(self) -> None:
-        """After a stop: each trial started but not recorded takes the status its directory
+        """After a stop: each trial handed out but not recorded takes the status its directory
         shows ('failed' if it recorded its interruption, 'unfinished' if it had no time to);
         then the index is written."""
-        for tid, recorded in self.started.items():
-            if recorded:
-                continue
-            row = self.rows[tid]
-            status, summary = read_trial_status(self.dir / row["dir"])
-            row["status"] = status
-            row["attempts"] += 1
-            row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            self._fill(row, summary)
+        for tid in list(self.started):
+            status, summary = self.fresh_status(tid)
+            self.record(tid, status, summary)
         self.write()
 
     def counts(self) -> dict[str, int]:
@@ -529,41 +545,57 @@ class SweepResult:
 
 
 class _Lock:
-    """``DIR/.sweep.lock`` with this process's pid; a stale lock (dead pid) is taken over."""
+    """``DIR/.sweep.lock``: an exclusive lock held by the OS (``flock``; ``msvcrt`` on Windows)
+    while a sweep writes the directory, with the holder's pid in the file for the message. The
+    OS drops the lock when its process dies, so the file a killed sweep leaves is taken over."""
 
     def __init__(self, sweep_dir: Path) -> None:
         self.path = sweep_dir / ".sweep.lock"
+        self.fd: int | None = None
 
     def __enter__(self) -> _Lock:
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
-                    raise ConfigError(f"{self.path.parent}: the sweep directory is in use by "
-                                      f"process {pid}") from None
-                self.path.unlink(missing_ok=True)
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_lock(fd):
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise ConfigError(f"{self.path.parent}: the sweep directory is in use by another "
+                                  f"sweep (process {holder}); wait for it, or choose another --out")
+            try:  # the holder may have removed the file between our open and lock: retry
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if not current:
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self.fd = fd
             return self
         raise ConfigError(f"{self.path}: could not take the sweep lock")
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)  # first: a process waiting on it sees a new inode
+        except OSError:  # pragma: no cover - Windows cannot remove an open file
+            pass
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
 
 
-def _alive(pid: int) -> bool:
+def _try_lock(fd: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if os.name == "nt":  # pragma: no cover
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         return False
-    except PermissionError:  # pragma: no cover
-        return True
     return True
 
 
@@ -623,14 +655,16 @@ class _Progress:
 def run_sweep(sweep: Sweep | str | Path | dict[str, Any], out_dir: str | Path | None = None, *,
               workers: int | None = None, threads: int | None = None, backend: str = "local",
               address: str | None = None, progress: bool = True, report: bool = True,
-              overrides: Iterable[str] = ()) -> SweepResult:
+              overrides: Iterable[str] = (), stop: threading.Event | None = None) -> SweepResult:
     """Run every unfinished trial of a sweep into ``out_dir`` and write the index (and the report).
 
     The Python face of ``catapults sweep``. ``workers`` defaults to the number of cores (local)
     or to as many trials as the Ray cluster takes; ``threads`` (torch threads per trial) defaults
     to ``cores // workers`` (at least 1) for the local backend and 1 for Ray. On Ctrl-C the
     running trials are stopped, recorded as failed (retried next time), the index is written and
-    ``KeyboardInterrupt`` is raised again.
+    ``KeyboardInterrupt`` is raised again. From a thread other than the main one (where Ctrl-C
+    does not arrive), pass a :class:`threading.Event` as ``stop`` and set it to stop the sweep
+    the same way.
 
     With more than one local worker the trials run in ``spawn`` processes, which import the
     calling script again: call ``run_sweep`` from a script under ``if __name__ == "__main__":``.
@@ -681,11 +715,11 @@ def run_sweep(sweep: Sweep | str | Path | dict[str, Any], out_dir: str | Path | 
             if not tasks:
                 pass
             elif backend == "ray":
-                _run_ray(tasks, index, bar, workers=workers, address=address)
+                _run_ray(tasks, index, bar, workers=workers, address=address, stop=stop)
             elif workers == 1:
-                _run_inline(tasks, index, bar, threads)
+                _run_inline(tasks, index, bar, threads, stop)
             else:
-                _run_pool(tasks, index, bar, workers=workers, threads=threads)
+                _run_pool(tasks, index, bar, workers=workers, threads=threads, stop=stop)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -693,8 +727,8 @@ def run_sweep(sweep: Sweep | str | Path | dict[str, Any], out_dir: str | Path | 
             index.reconcile()  # trials stopped mid-way: their status as left on disk
             for stray in sweep_dir.glob(".*.tmp-*"):
                 stray.unlink(missing_ok=True)
-            for tid in index.started:  # from workers killed while writing
-                for stray in (sweep_dir / "trials" / tid).rglob(".*.tmp-*"):
+            for t in todo:  # from workers killed while writing
+                for stray in index.trial_dir(t).rglob(".*.tmp-*"):
                     stray.unlink(missing_ok=True)
         if interrupted:
             raise KeyboardInterrupt
@@ -707,16 +741,30 @@ def run_sweep(sweep: Sweep | str | Path | dict[str, Any], out_dir: str | Path | 
                        skipped, interrupted)
 
 
+class _StopWhenSet(Callback):
+    """Ends a trial running in this process when another thread sets ``event``."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_step_end(self, state: Any, record: dict[str, Any]) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+
+
 def _run_inline(tasks: list[dict[str, Any]], index: _Index, bar: _Progress,
-                threads: int) -> None:
+                threads: int, stop: threading.Event | None = None) -> None:
     import torch
 
     before = torch.get_num_threads()
+    callbacks = [] if stop is None else [_StopWhenSet(stop)]
     try:
         for i, task in enumerate(tasks):
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
             index.start(task["id"])
             bar.update(None, 1)
-            res = execute_trial(task, catch_interrupt=False)
+            res = execute_trial(task, catch_interrupt=False, callbacks=callbacks)
             index.record(task["id"], res["status"], res["summary"])
             bar.update(res["status"], 1 if i + 1 < len(tasks) else 0)
     finally:
@@ -724,7 +772,7 @@ def _run_inline(tasks: list[dict[str, Any]], index: _Index, bar: _Progress,
 
 
 def _run_pool(tasks: list[dict[str, Any]], index: _Index, bar: _Progress, *, workers: int,
-              threads: int) -> None:
+              threads: int, stop: threading.Event | None = None) -> None:
     """The local backend: :func:`catapults.workers.run_tasks` over :func:`execute_trial`."""
     from catapults.workers import run_tasks
 
@@ -747,11 +795,12 @@ def _run_pool(tasks: list[dict[str, Any]], index: _Index, bar: _Progress, *, wor
         bar.update(res["status"], running)
 
     run_tasks(tasks, "catapults.sweeps:execute_trial", workers=workers, threads=threads,
-              on_start=on_start, on_done=on_done)
+              on_start=on_start, on_done=on_done, stop=stop)
 
 
 def _run_ray(tasks: list[dict[str, Any]], index: _Index, bar: _Progress, *,
-             workers: int | None, address: str | None) -> None:
+             workers: int | None, address: str | None,
+             stop: threading.Event | None = None) -> None:
     try:
         import ray
     except ImportError:
@@ -782,7 +831,12 @@ def _run_ray(tasks: list[dict[str, Any]], index: _Index, bar: _Progress, *,
                     inflight[ref] = task
                     index.start(task["id"])
                 bar.update(None, len(inflight))
-                done, _ = ray.wait(list(inflight), num_returns=1)
+                done: list[Any] = []
+                while not done:
+                    if stop is not None and stop.is_set():
+                        raise KeyboardInterrupt
+                    done, _ = ray.wait(list(inflight), num_returns=1,
+                                       timeout=None if stop is None else 0.5)
                 for ref in done:
                     task = inflight.pop(ref)
                     try:
