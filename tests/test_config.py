@@ -60,3 +60,34 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=inf", "train.lr: Input should be a finite number"),
+    ("train.lr=nan", "train.lr: Input should be a finite number"),
+    ("train.lr=1e39", "does not fit in float32"),
+    ("train.max_loss=inf", "train.max_loss: Input should be a finite number"),
+])
+def test_non_finite_and_unrepresentable_numbers(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+    load_config(None, ["train.lr=1e39", "train.dtype=float64"])  # fits in float64
+
+
+def test_config_file_problems_are_named(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("data: {d: 5}\nmodel: {width: 8}\ndata: {d: 6}\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: not valid YAML \(line 3\): key 'data' is "
+                                          r"given twice"):
+        load_config(dup)
+    inner = tmp_path / "inner.yaml"
+    inner.write_text("train: {lr: 1, lr: 2}\n")
+    with pytest.raises(ConfigError, match="key 'lr' is given twice"):
+        load_config(inner)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="bin.yaml: not a UTF-8 text file"):
+        load_config(binary)
+    (tmp_path / "adir.yaml").mkdir()
+    with pytest.raises(ConfigError, match="adir.yaml: is a directory"):
+        load_config(tmp_path / "adir.yaml")

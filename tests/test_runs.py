@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from catapults import cli
-from catapults.config import config_from_dict
+from catapults.config import ConfigError, config_from_dict
 from catapults.runs import RunExistsError, load_run_model, read_metrics, run, write_text_atomic
 from helpers import small_config
 
@@ -43,8 +43,26 @@ def test_existing_directory_is_not_overwritten(tmp_path):
     with pytest.raises(RunExistsError):
         run(config_from_dict(small_config()), out_dir=out)
     assert (out / "keep.txt").read_text() == "precious"
-    run(config_from_dict(small_config()), out_dir=out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "summary.json").exists()
+    with pytest.raises(ConfigError, match="not a run directory"):  # --overwrite is for runs
+        run(config_from_dict(small_config()), out_dir=out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    run(config_from_dict(small_config()), out_dir=out, overwrite=True)  # empty: fine
+    (out / "extra.txt").write_text("from the earlier run")
+    run(config_from_dict(small_config()), out_dir=out, overwrite=True)  # a run: replaced
+    assert not (out / "extra.txt").exists() and (out / "summary.json").exists()
+
+
+def test_overwrite_never_deletes_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("{}")
+    (tmp_path / "thesis.tex").write_text("precious")
+    monkeypatch.chdir(tmp_path / "run")
+    for out in (".", "..", str(tmp_path)):
+        with pytest.raises(ConfigError, match="current directory"):
+            run(config_from_dict(small_config()), out_dir=out, overwrite=True)
+    assert (tmp_path / "thesis.tex").read_text() == "precious"
+    assert (tmp_path / "run" / "config.yaml").read_text() == "{}"
 
 
 def test_diverged_run_keeps_metrics(tmp_path):

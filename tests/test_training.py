@@ -141,3 +141,27 @@ def test_digits_binary_and_onehot():
                        train={"loss": "cross_entropy", "lr": 0.5, "steps": 20})
     res = fit(cfg)
     assert "final_test_error" in res.summary
+
+
+@pytest.mark.parametrize("extra", [
+    {"monitor": {"agop": {"enabled": True, "every": 5}}},
+    {"train": {"optimizer": "sgd", "batch_size": 8}, "monitor": {"ntk": {"enabled": True}}},
+    {"monitor": {"ntk": {"enabled": True, "every": 1, "method": "lanczos"}}},
+    {"train": {"schedule": {"kind": "critical", "milestones": [2], "values": [1e6]}}},
+], ids=["agop", "ntk-batch", "ntk-lanczos", "critical-schedule"])
+def test_divergence_inside_a_monitor_or_schedule_is_divergence(tmp_path, extra):
+    """A monitor or schedule that fails on NaN / inf weights (eigh, Lanczos, critical lr) does
+    not turn a diverging run into a crash: the status is 'diverged' and the metrics are kept."""
+    from catapults.runs import read_metrics, run
+
+    cfg = {"data": {"name": "synthetic", "d": 5, "target": "x1*x2", "n_train": 32,
+                    "n_test": 32},
+           "model": {"depth": 2, "width": 16},
+           "train": {"steps": 20, "lr": 1e6},
+           "output": {"progress": False, "checkpoint": False, "figures": False}}
+    for section, values in extra.items():
+        cfg.setdefault(section, {}).update(values)
+    res = run(config_from_dict(cfg), out_dir=tmp_path / "run")
+    assert res.status == "diverged"
+    rows = read_metrics(tmp_path / "run")
+    assert rows and len(rows) <= 4

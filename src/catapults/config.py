@@ -20,8 +20,11 @@ class ConfigError(ValueError):
     """A configuration (file, override or field value) is invalid. The message names the field."""
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +202,8 @@ class TrainConfig(_Section):
         b1, b2 = self.betas
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError("betas must lie in [0, 1)")
+        if self.dtype == "float32" and self.lr > FLOAT32_MAX:
+            raise ValueError(f"lr {self.lr:g} does not fit in float32 (max {FLOAT32_MAX:.3g})")
         return self
 
 
@@ -368,19 +373,51 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (YAML would keep the
+    last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """Parse a YAML file, or raise :class:`ConfigError` naming it (missing, a directory, not
+    UTF-8 text, invalid YAML with its line, a key given twice)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, not a {what}")
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a UTF-8 text file (is it a YAML {what}?)") from None
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read: {err.strerror}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None)
+        detail = f": {problem}" if problem and "twice" in problem else ""
+        raise ConfigError(f"{p}: not valid YAML{where}{detail}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config file (or the defaults when ``path`` is None) and apply overrides."""
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark is not None else ""
-            raise ConfigError(f"{p}: not valid YAML{where}") from None
+        raw = read_yaml(p) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: a config must be a mapping with sections data, model, ...")
     raw = apply_overrides(raw, overrides or [])

@@ -155,7 +155,44 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool) -> Path:
             f"output.dir: {out} already exists (use --overwrite to replace it)")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output.dir: {out} exists and is not a directory")
+    if out.exists():  # --overwrite replaces a run directory, and nothing else
+        here, target = Path.cwd().resolve(), out.resolve()
+        if target == here or target in here.parents:
+            raise ConfigError(f"output.dir: {out} is the current directory or contains it; "
+                              "--overwrite replaces only run directories")
+        if any(out.iterdir()) and not (out / "config.yaml").is_file():
+            raise ConfigError(f"output.dir: {out} is not a run directory (no config.yaml), "
+                              "so --overwrite will not delete it; choose another directory")
     return out
+
+
+def _build(config: RunConfig, *, callbacks: list | None = None,
+           progress: bool | None = None) -> tuple[Any, torch.nn.Module, list, Any]:
+    """Everything a run needs, each part validated: (device, model, monitors, trainer)."""
+    from catapults.data import make_dataset
+    from catapults.models import build_model
+    from catapults.monitors import build_monitors
+    from catapults.training import Trainer, resolve_device
+
+    device = resolve_device(config.train.device)
+    dtype = torch.float64 if config.train.dtype == "float64" else torch.float32
+    data = make_dataset(config.data, dtype=dtype)
+    model = build_model(config.model, in_dim=data.in_dim, out_dim=data.out_dim,
+                        seed=config.train.seed, dtype=dtype)
+    if (config.model.out_dim or data.out_dim) != data.out_dim:
+        raise ConfigError(f"model.out_dim: {config.model.out_dim} does not match the targets' "
+                          f"dimension {data.out_dim}")
+    monitors = build_monitors(config, data) + list(callbacks or [])
+    show = config.output.progress if progress is None else progress
+    trainer = Trainer(model, data, config.train, callbacks=monitors, progress=show, device=device)
+    return device, model, monitors, trainer
+
+
+def check_config(config: RunConfig) -> None:
+    """Check everything ``run`` checks before it writes (data files and target, model, monitors
+    and their references, batch size against the data, device) without training or writing.
+    Raises :class:`ConfigError` (or ``DataError``) naming the field or file."""
+    _build(config, progress=False)
 
 
 def run(config: RunConfig, *, out_dir: str | Path | None = None,
@@ -167,29 +204,15 @@ def run(config: RunConfig, *, out_dir: str | Path | None = None,
     the first file is written. A training crash leaves ``summary.json`` with status ``failed``
     and re-raises; a NaN/inf loss ends the run with status ``diverged``.
     """
-    from catapults.data import make_dataset
-    from catapults.models import build_model
-    from catapults.monitors import build_monitors
     from catapults.reporting import plot_training
-    from catapults.training import Trainer, resolve_device
 
     t0 = time.perf_counter()
     overwrite = config.output.overwrite if overwrite is None else overwrite
     out = prepare_run_dir(out_dir if out_dir is not None else config.output.dir,
                           overwrite=overwrite)
-    device = resolve_device(config.train.device)
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
-    dtype = torch.float64 if config.train.dtype == "float64" else torch.float32
-    data = make_dataset(config.data, dtype=dtype)
-    model = build_model(config.model, in_dim=data.in_dim, out_dim=data.out_dim,
-                        seed=config.train.seed, dtype=dtype)
-    if (config.model.out_dim or data.out_dim) != data.out_dim:
-        raise ConfigError(f"model.out_dim: {config.model.out_dim} does not match the targets' "
-                          f"dimension {data.out_dim}")
-    monitors = build_monitors(config, data) + list(callbacks or [])
-    show = config.output.progress if progress is None else progress
-    trainer = Trainer(model, data, config.train, callbacks=monitors, progress=show, device=device)
+    device, model, monitors, trainer = _build(config, callbacks=callbacks, progress=progress)
 
     if out.exists():
         shutil.rmtree(out)

@@ -277,15 +277,24 @@ class Trainer:
         try:
             for step in range(self.total_steps):
                 epoch, idx = next(batches)
-                lr = self._lr(step)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                state.step, state.epoch, state.lr, state.batch_index = step, epoch, lr, idx
                 X, y = (data.X_train, data.y_train) if idx is None else (
                     data.X_train[idx], data.y_train[idx])
-                record: dict[str, Any] = {"step": step, "epoch": epoch, "lr": lr}
-                for cb in self.callbacks:
-                    cb.on_step_begin(state, X, y, record)
+                record: dict[str, Any] = {"step": step, "epoch": epoch, "lr": state.lr}
+                try:  # a schedule or monitor may fail on a diverged model (NaN / inf weights)
+                    lr = self._lr(step)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    state.step, state.epoch, state.lr, state.batch_index = step, epoch, lr, idx
+                    record["lr"] = lr
+                    for cb in self.callbacks:
+                        cb.on_step_begin(state, X, y, record)
+                except Exception as err:
+                    if not self._has_diverged(X, y):
+                        raise
+                    status = "diverged"
+                    record.update(loss=math.nan, diverged_in=f"{type(err).__name__}: {err}")
+                    self._emit(state, record, force=True)
+                    break
 
                 loss = self.loss_fn(self.model(X), y)
                 loss_value = loss.item()
@@ -313,8 +322,17 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                for cb in self.callbacks:
-                    cb.on_step_end(state, record)
+                try:
+                    for cb in self.callbacks:
+                        cb.on_step_end(state, record)
+                except Exception as err:
+                    if not self._has_diverged(X, y):
+                        raise
+                    status = "diverged"
+                    record["diverged_in"] = f"{type(err).__name__}: {err}"
+                    self._emit(state, record, force=True)
+                    step += 1
+                    break
                 self._emit(state, record)
                 if bar is not None:
                     bar.update(1)
@@ -341,8 +359,24 @@ class Trainer:
         summary["monitors"] = {}
         state.step = step
         for cb in self.callbacks:
-            cb.on_train_end(state, summary)
+            try:
+                cb.on_train_end(state, summary)
+            except Exception as err:  # a monitor's final figures of a diverged model
+                if status != "diverged":
+                    raise
+                summary["monitors"][getattr(cb, "name", type(cb).__name__)] = {
+                    "error": f"{type(err).__name__}: {err}"}
         return TrainResult(status, step, state.history, summary, self.model)
+
+    def _has_diverged(self, X: Tensor, y: Tensor) -> bool:
+        """After a callback failed: are the weights or the loss on (X, y) not finite (or the
+        loss above ``max_loss``)? Then the failure is a symptom of divergence."""
+        with torch.no_grad():
+            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                return True
+            loss = float(self.loss_fn(self.model(X), y))
+        limit = self.config.max_loss
+        return not math.isfinite(loss) or (limit is not None and loss > limit)
 
     def _emit(self, state: TrainState, record: dict[str, Any], *, force: bool = False) -> None:
         """Keep every row in memory; write rows on log_every, evaluations and monitor output."""
