@@ -351,9 +351,11 @@ def test_ctrl_c_leaves_a_consistent_index(tmp_path, monkeypatch):
     assert all(r["status"] == "completed" for r in read_index(out))
 
 
-def test_cli_pool_failure_divergence_and_retry(tmp_path, capsys):
+def test_cli_pool_failure_divergence_and_retry(tmp_path, capsys, monkeypatch):
     """Worker processes (spawn): a crashing trial and a diverging one do not stop the others;
-    the CLI exits 1; a re-run retries only the failed trial."""
+    the CLI exits 1; a re-run retries only the failed trial. (A trial whose data is missing is
+    refused before anything is written; to make it crash in its worker, that check is
+    switched off here.)"""
     s = spec(trials=[{"train.lr": 0.5}, {"train.lr": 500.0},
                      {"data.name": "mnist", "data.root": str(tmp_path / "no-data"),
                       "data.classes": [0, 1]}],
@@ -361,6 +363,12 @@ def test_cli_pool_failure_divergence_and_retry(tmp_path, capsys):
     path = write_spec(tmp_path, s)
     out = tmp_path / "sw"
     args = parse(["sweep", str(path), "--out", str(out), "--workers", "2", "--no-progress"])
+    with pytest.raises(ConfigError, match=r"trial .*data.name=mnist.*no-data does not exist"):
+        cmd_sweep(args)
+    assert not out.exists()
+    from catapults import sweeps
+
+    monkeypatch.setattr(sweeps, "check_trials", lambda *a, **k: None)
     assert cmd_sweep(args) == 1
     text = capsys.readouterr().out
     assert "3 trials: 1 completed, 1 diverged, 1 failed" in text
@@ -557,3 +565,16 @@ def test_stop_event_stops_a_sweep_in_a_thread(tmp_path, workers):
     statuses = sorted(r["status"] for r in read_index(out))
     assert statuses == sorted(["failed"] * workers + ["pending"] * (3 - workers)), statuses
     assert not (out / ".sweep.lock").exists()
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"data.target": ["x1*x2", "x99"]}, r"trial .*target=x99.*data.target"),
+    ({"train.batch_size": [8, 1000]}, r"trial .*batch_size=1000.*larger than the training set"),
+])
+def test_trials_run_would_refuse_are_refused_before_anything_is_written(tmp_path, grid,
+                                                                        message):
+    path = write_spec(tmp_path, spec(grid=grid, seeds=[0]))
+    out = tmp_path / "sw"
+    with pytest.raises(ConfigError, match=message):
+        run_sweep(path, out, workers=1, progress=False)
+    assert not out.exists()

@@ -166,9 +166,10 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool) -> Path:
     return out
 
 
-def _build(config: RunConfig, *, callbacks: list | None = None,
-           progress: bool | None = None) -> tuple[Any, torch.nn.Module, list, Any]:
-    """Everything a run needs, each part validated: (device, model, monitors, trainer)."""
+def _build(config: RunConfig, *, callbacks: list | None = None, progress: bool | None = None,
+           cache: dict | None = None) -> tuple[Any, torch.nn.Module, list, Any]:
+    """Everything a run needs, each part validated: (device, model, monitors, trainer).
+    ``cache`` (a dict) keeps data sets between calls, keyed by their config and dtype."""
     from catapults.data import make_dataset
     from catapults.models import build_model
     from catapults.monitors import build_monitors
@@ -176,7 +177,13 @@ def _build(config: RunConfig, *, callbacks: list | None = None,
 
     device = resolve_device(config.train.device)
     dtype = torch.float64 if config.train.dtype == "float64" else torch.float32
-    data = make_dataset(config.data, dtype=dtype)
+    key = (json.dumps(config.to_dict()["data"], sort_keys=True), str(dtype))
+    if cache is not None and key in cache:
+        data = cache[key]
+    else:
+        data = make_dataset(config.data, dtype=dtype)
+        if cache is not None:
+            cache[key] = data
     model = build_model(config.model, in_dim=data.in_dim, out_dim=data.out_dim,
                         seed=config.train.seed, dtype=dtype)
     if (config.model.out_dim or data.out_dim) != data.out_dim:
@@ -188,11 +195,12 @@ def _build(config: RunConfig, *, callbacks: list | None = None,
     return device, model, monitors, trainer
 
 
-def check_config(config: RunConfig) -> None:
+def check_config(config: RunConfig, *, cache: dict | None = None) -> None:
     """Check everything ``run`` checks before it writes (data files and target, model, monitors
     and their references, batch size against the data, device) without training or writing.
-    Raises :class:`ConfigError` (or ``DataError``) naming the field or file."""
-    _build(config, progress=False)
+    Raises :class:`ConfigError` (or ``DataError``) naming the field or file. ``cache``: a dict
+    to keep the data sets in, when checking many configs."""
+    _build(config, progress=False, cache=cache)
 
 
 def run(config: RunConfig, *, out_dir: str | Path | None = None,

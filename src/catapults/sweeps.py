@@ -76,6 +76,7 @@ from catapults.config import (
     RunConfig,
     apply_overrides,
     config_from_dict,
+    read_yaml,
     set_dotted,
 )
 from catapults.runs import jsonable, write_text_atomic
@@ -252,14 +253,7 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: Iterable[str] = (
     else:
         path = Path(source)
         where, root = str(path), path.parent
-        if not path.is_file():
-            raise ConfigError(f"{path}: sweep file not found")
-        try:
-            spec = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            at = f" (line {mark.line + 1})" if mark is not None else ""
-            raise ConfigError(f"{path}: not valid YAML{at}") from None
+        spec = read_yaml(path, "sweep file")
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: a sweep must be a mapping with base/base_config, grid, ...")
     for key in spec:
@@ -272,12 +266,10 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: Iterable[str] = (
         bpath = Path(str(spec["base_config"]))
         if not bpath.is_absolute():
             bpath = root / bpath
-        if not bpath.is_file():
-            raise ConfigError(f"{where}: base_config: {bpath}: config file not found")
         try:
-            base = yaml.safe_load(bpath.read_text()) or {}
-        except yaml.YAMLError:
-            raise ConfigError(f"{where}: base_config: {bpath}: not valid YAML") from None
+            base = read_yaml(bpath) or {}
+        except ConfigError as err:
+            raise ConfigError(f"{where}: base_config: {err}") from None
     else:
         base = spec.get("base") or {}
     if not isinstance(base, dict):
@@ -323,6 +315,21 @@ def load_sweep(source: str | Path | dict[str, Any], overrides: Iterable[str] = (
     resolved = {k: v for k, v in spec.items() if k != "base_config"}
     resolved["base"] = base
     return Sweep(where, resolved, trials, list(metrics), swept, spec.get("out"), base)
+
+
+def check_trials(sweep: Sweep, trials: Iterable[Trial] | None = None) -> None:
+    """Check the trials (default: all) as ``catapults run`` would before writing (target, data
+    files, batch size against the data, monitors, device; see
+    :func:`catapults.runs.check_config`), each data set built once. Raises
+    :class:`ConfigError` naming the trial and the field."""
+    from catapults.data import DataError
+
+    cache: dict = {}
+    for t in sweep.trials if trials is None else trials:
+        try:
+            runs.check_config(t.config, cache=cache)
+        except (ConfigError, DataError) as err:
+            raise ConfigError(f"{sweep.source}: trial {t.id} ({t.label()}): {err}") from None
 
 
 # ---- running one trial (in a worker process, a Ray task, or this process) --------------------
@@ -421,15 +428,34 @@ def read_trial_status(trial_dir: Path) -> tuple[str, dict[str, Any] | None]:
     return str(summary.get("status", "unfinished")), summary
 
 
-def read_index(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of ``DIR/index.jsonl``."""
+def read_index(sweep_dir: str | Path, *, strict: bool = False) -> list[dict[str, Any]]:
+    """The rows of ``DIR/index.jsonl``. ``strict``: a line that is not a row (corrupt JSON, not
+    an object with ``trial_id``, ``params`` and ``status``) is a :class:`ConfigError` naming the
+    file and line, instead of the JSON/key error a resuming sweep catches to rebuild the index."""
     path = Path(sweep_dir) / "index.jsonl"
     if not path.is_file():
         raise ConfigError(f"{sweep_dir}: not a sweep directory (no index.jsonl)")
     rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not an index (binary data)") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if not strict:
             rows.append(json.loads(line))
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: line {n}: corrupt or truncated JSON ({err.msg})") from None
+        if not (isinstance(row, dict) and isinstance(row.get("trial_id"), str)
+                and isinstance(row.get("params"), dict) and isinstance(row.get("status"), str)
+                and isinstance(row.get("dir", ""), str)):
+            raise ConfigError(f"{path}: line {n}: not an index row (an object with trial_id, "
+                              "params, status)")
+        rows.append(row)
     return rows
 
 
@@ -693,10 +719,15 @@ def run_sweep(sweep: Sweep | str | Path | dict[str, Any], out_dir: str | Path | 
     if sweep_dir.is_dir() and any(sweep_dir.iterdir()) and not (sweep_dir / "index.jsonl").exists():
         raise ConfigError(f"--out: {sweep_dir} exists and is not a sweep directory (no "
                           "index.jsonl); choose another directory")
+    unfinished = []
     for t in sweep.trials:  # everything is checked before anything is written
         tdir = sweep_dir / "trials" / t.id
         if read_trial_status(tdir)[0] in FINISHED:
             _check_stored_config(t, tdir)
+        else:
+            unfinished.append(t)
+    if backend == "local":  # (on a Ray cluster the data files may live on the nodes only)
+        check_trials(sweep, unfinished)
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with _Lock(sweep_dir):
@@ -889,15 +920,41 @@ def sweep_report(sweep_dir: str | Path, *, metrics: Iterable[str] | None = None,
     std (ddof 1), n over the seeds; trials whose status is in ``include``, finite values only)
     into ``DIR/report/report.csv``, and one figure per (metric, swept parameter)."""
     sweep_dir = Path(sweep_dir)
-    rows = read_index(sweep_dir)
-    spec: dict[str, Any] = {}
-    if (sweep_dir / "sweep.yaml").is_file():
-        spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text()) or {}
+    rows = read_index(sweep_dir, strict=True)
+    spec: Any = {}
+    spec_path = sweep_dir / "sweep.yaml"
+    if spec_path.exists():
+        from catapults.config import read_yaml
+
+        spec = read_yaml(spec_path, "sweep file") or {}
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{spec_path}: expected a mapping (a sweep file)")
+        if not isinstance(spec.get("metrics") or [], list) or not all(
+                isinstance(m, str) and m for m in spec.get("metrics") or []):
+            raise ConfigError(f"{spec_path}: metrics: must be a list of dotted names")
     metric_list = list(metrics) if metrics else list(spec.get("metrics") or DEFAULT_METRICS)
     include = set(include)
     swept: list[str] = []
     for r in rows:
         swept += [k for k in r["params"] if k not in swept]
+    summaries: dict[str, dict[str, Any] | None] = {}
+    for r in rows:
+        trial_dir = sweep_dir / r.get("dir", f"trials/{r['trial_id']}")
+        try:
+            summaries[r["trial_id"]] = read_trial_status(trial_dir)[1]
+        except (AttributeError, UnicodeDecodeError):  # JSON but not an object, or binary
+            raise ConfigError(f"{trial_dir / 'summary.json'}: not a run summary "
+                              "(expected a JSON object)") from None
+    known = {k for s in summaries.values() if s for k in _flatten(s)}
+    unknown = [m for m in metric_list if m not in known]
+    if known and unknown:
+        numeric = ", ".join(sorted({k for s in summaries.values() if s
+                                    for k, v in _flatten(s).items() if _as_float(v) is not None}))
+        what = f"metric(s) {', '.join(repr(m) for m in unknown)}: in no trial's summary.json"
+        if metrics:
+            raise ConfigError(f"{what} (known: {numeric})")
+        if spec.get("metrics"):
+            print(f"catapults: warning: {spec_path}: {what} (known: {numeric})", file=sys.stderr)
 
     groups: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -909,7 +966,7 @@ def sweep_report(sweep_dir: str | Path, *, metrics: Iterable[str] | None = None,
         g["statuses"][r["status"]] = g["statuses"].get(r["status"], 0) + 1
         if r["status"] not in include:
             continue
-        _, summary = read_trial_status(sweep_dir / r.get("dir", f"trials/{r['trial_id']}"))
+        summary = summaries[r["trial_id"]]
         for m in metric_list:
             v = _as_float(get_dotted(summary or {}, m))
             if v is not None:
@@ -926,6 +983,13 @@ def sweep_report(sweep_dir: str | Path, *, metrics: Iterable[str] | None = None,
         table.append(entry)
 
     out = sweep_dir / "report"
+    csv_path = out / "report.csv"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a directory (the report goes there)")
+    pngs = [out / f"{_safe(m)}__vs__{_safe(p)}.png" for m in metric_list for p in swept]
+    for path in [csv_path] + (pngs if figures else []):
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory (the report writes a file there)")
     head = swept + ["trials", "completed", "diverged", "failed"]
     for m in metric_list:
         head += [f"{m}.mean", f"{m}.std", f"{m}.n"]
@@ -939,7 +1003,6 @@ def sweep_report(sweep_dir: str | Path, *, metrics: Iterable[str] | None = None,
             s = e["stats"][m]
             line += [_fmt_csv(s["mean"]), _fmt_csv(s["std"]), s["n"]]
         w.writerow(line)
-    csv_path = out / "report.csv"
     write_text_atomic(csv_path, buf.getvalue())
     paths = []
     if figures:
@@ -1059,14 +1122,16 @@ def format_report(report: Report) -> str:
 # ---- command line -----------------------------------------------------------------------------
 def add_sweep_parsers(subparsers) -> None:
     """Add ``sweep`` and ``sweep-report`` to the CLI's argparse subparsers."""
+    from catapults.cli import positive_int
+
     p = subparsers.add_parser(
         "sweep", help="run a sweep (base config x grid x seeds); re-running resumes it")
     p.add_argument("sweep", help="sweep YAML file (base/base_config, grid, trials, seeds, "
                    "metrics)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="parallel trials (local: worker processes, default: the number of "
                    "cores; 1 runs trials in this process; ray: most tasks in flight)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads per trial (default: cores // workers for local, 1 for ray)")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="'local' process pool (default) or 'ray' tasks")
@@ -1094,6 +1159,8 @@ def add_sweep_parsers(subparsers) -> None:
 
 def cmd_sweep(args) -> int:
     """``catapults sweep``: 0 when every trial completed or diverged, 1 when some failed."""
+    from catapults.cli import check_output_path
+
     if args.address and args.backend != "ray":
         raise ConfigError("--address: only with --backend ray")
     if args.backend == "local":
@@ -1114,8 +1181,9 @@ def cmd_sweep(args) -> int:
     def terminate(signum, frame):  # a job scheduler's SIGTERM stops the sweep like Ctrl-C
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminate)
     out = Path(args.out) if args.out else sweep.default_dir()
+    check_output_path(out, "--out" if args.out else f"{args.sweep}: out")
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         res = run_sweep(sweep, out, workers=workers, threads=threads, backend=args.backend,
                         address=args.address, progress=not args.no_progress, report=False)
@@ -1146,6 +1214,9 @@ def cmd_sweep(args) -> int:
 def cmd_sweep_report(args) -> int:
     """``catapults sweep-report DIR``."""
     include = ("completed", "diverged") if args.include_diverged else ("completed",)
+    if any(not m.strip() for m in args.metrics or []):
+        raise ConfigError("--metric: empty name (a dotted key of summary.json, e.g. "
+                          "final_test_loss)")
     rep = sweep_report(args.dir, metrics=args.metrics, include=include,
                        figures=not args.no_figures)
     print(format_report(rep))
