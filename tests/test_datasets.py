@@ -481,3 +481,60 @@ def test_real_mnist():
     Xt, lt = load_dataset("mnist", root=_real_root(), split="test")
     assert Xt.shape == (10000, 1, 28, 28) and lt[:5].tolist() == [7, 2, 1, 0, 4]
     assert float(X.min()) == 0.0 and float(X.max()) == 1.0
+
+
+# ---- bad input: one clear error, before anything big is allocated ----------------------------
+def test_idx_train_test_image_shapes_must_match(tmp_path):
+    rng = np.random.default_rng()
+    sub = tmp_path / "MNIST/raw"
+    small = int(rng.integers(1, 28))
+    for split, size in (("train", 28), ("t10k", small)):
+        write_idx(sub / f"{split}-images-idx3-ubyte",
+                  rng.integers(0, 256, (40, size, size), dtype=np.uint8))
+        write_idx(sub / f"{split}-labels-idx1-ubyte", (np.arange(40) % 10).astype(np.uint8))
+    cfg = DataConfig(name="mnist", root=str(tmp_path), classes=[0, 1], n_train=6, n_test=4)
+    with pytest.raises(DataError) as err:
+        make_dataset(cfg)
+    msg = str(err.value)
+    assert "train-images-idx3-ubyte" in msg and "t10k-images-idx3-ubyte" in msg
+    assert "1x28x28" in msg and f"1x{small}x{small}" in msg
+    # resized to a common size, the splits are usable
+    ds = make_dataset(cfg.model_copy(update={"image_size": 6}))
+    assert ds.X_train.shape == (6, 1, 6, 6) and ds.X_test.shape == (4, 1, 6, 6)
+
+
+@pytest.mark.parametrize("shape", [(30, 0, 0), (30, 28, 0)])
+def test_idx_empty_images_are_a_data_error(tmp_path, shape):
+    make_mnist(tmp_path)
+    path = write_idx(tmp_path / "MNIST/raw/train-images-idx3-ubyte", np.zeros(shape, np.uint8))
+    with pytest.raises(DataError, match="empty images") as err:
+        make_dataset(DataConfig(name="mnist", root=str(tmp_path), n_train=5, n_test=5))
+    assert str(path) in str(err.value)
+
+
+def test_image_size_too_large_is_refused_before_allocating(tmp_path):
+    size = int(np.random.default_rng().integers(30_000, 10**6))  # > 4 GiB for 10 images
+    with pytest.raises(ConfigError, match="data.image_size") as err:
+        make_dataset(DataConfig(name="digits", image_size=size, n_train=10, n_test=10))
+    assert str(size) in str(err.value) and "GiB" in str(err.value)
+    make_mnist(tmp_path)
+    with pytest.raises(ConfigError, match="data.image_size"):
+        make_dataset(DataConfig(name="mnist", root=str(tmp_path), n_train=5, n_test=5,
+                                image_size=size))
+    ds = make_dataset(DataConfig(name="digits", image_size=16, classes=[0, 1], n_train=10,
+                                 n_test=10))
+    assert ds.X_train.shape == (10, 1, 16, 16)
+
+
+def test_non_finite_synthetic_targets_are_config_errors():
+    from catapults.data import synthetic_regression
+    from catapults.targets import TargetError
+
+    with pytest.raises(ConfigError, match="data.target: 'x1/0' gives non-finite"):
+        make_dataset(DataConfig(name="synthetic", d=3, target="x1/0", n_train=8, n_test=8))
+    with pytest.raises(ConfigError, match=r"'1e300\*x1' gives non-finite .* \(in float32\)"):
+        make_dataset(DataConfig(name="synthetic", d=3, target="1e300*x1", n_train=8, n_test=8))
+    assert make_dataset(DataConfig(name="synthetic", d=3, target="1e300*x1", n_train=8,
+                                   n_test=8), dtype=torch.float64).y_train.isfinite().all()
+    with pytest.raises(TargetError, match="non-finite"):
+        synthetic_regression(lambda X: 1 / (X[:, 0] > 5).double() - 1, d=2, n_train=8, n_test=8)

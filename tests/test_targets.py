@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -50,3 +52,78 @@ def test_coefficients_keep_their_value():
     G = parse_target("0.1*x1*x2 + 3.3e-7*x3", 3).expected_agop()
     assert G[0, 0].item() == pytest.approx(0.01, rel=1e-15)
     assert G[2, 2].item() == pytest.approx(3.3e-7 ** 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("expr", [
+    "10**10**10", "9**9**9**9", "x1/0", "x1**(10**10)", "exp(1000)*x2", "sqrt(x1)",
+    "(-8)**(1/3) + x1", "0**-1 * x1", "1/0",
+])
+def test_non_finite_targets_rejected(expr):
+    with pytest.raises(TargetError, match=r"non-finite values \(inf/nan\)") as err:
+        parse_target(expr, 5)
+    assert repr(expr) in str(err.value)
+
+
+def test_non_finite_targets_fresh_random():
+    rng = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    for _ in range(20):
+        i = int(torch.randint(1, 6, (), generator=rng))
+        big = int(torch.randint(400, 10**6, (), generator=rng))
+        for expr in (f"x{i}/0", f"x{i}**(10**{big})", f"x{i} * 10.0**{big}", f"exp({big}*x{i}**2)"):
+            with pytest.raises(TargetError, match="non-finite"):
+                parse_target(expr, 5)
+        with pytest.raises(TargetError, match="too large"):
+            parse_target(f"x{i} + 1e{big}", 5)  # the literal itself is inf
+        with pytest.raises(TargetError, match="too large"):
+            parse_target(f"x{i} * 1{'0' * big}"[:4000], 5)  # an int beyond float range
+
+
+@pytest.mark.parametrize("expr", ["1" * 5000, "-" * 9000 + "x1", "(" * 300 + "x1" + ")" * 300,
+                                  "+".join(["x1"] * 3000), "x1" + "**x1" * 3000])
+def test_huge_or_deep_expressions_rejected(expr):
+    with pytest.raises(TargetError) as err:
+        parse_target(expr, 5)
+    assert len(str(err.value)) < 200  # the message quotes a shortened expression
+
+
+def test_valid_targets_still_parse_and_agop_unchanged():
+    t = parse_target("x1*x2 + 0.1*x3**2", 4)
+    X = torch.randn(int(torch.randint(1, 200, ())), 4, dtype=torch.float64)
+    torch.testing.assert_close(t(X), X[:, 0] * X[:, 1] + 0.1 * X[:, 2] ** 2)
+    assert t.polynomial() is not None and t.variables == {0, 1, 2}
+    torch.testing.assert_close(t.expected_agop(), torch.diag(torch.tensor(
+        [1.0, 1.0, 0.04, 0.0], dtype=torch.float64)))
+    # d/dx1 (x1+x2)**4 = 4 (x1+x2)^3; E[16 s^6] with s ~ N(0, 2): 16 * 15 * 8 = 1920
+    G = parse_target("(x1+x2)**4", 2).expected_agop()
+    torch.testing.assert_close(G, torch.full((2, 2), 1920.0, dtype=torch.float64))
+    for expr in ("1/x1", "sqrt(abs(x1))", "exp(x1)", "tanh(x1)*relu(x2)"):
+        assert torch.isfinite(parse_target(expr, 2)(X[:, :2])).all()
+    assert parse_target("sin(x2)", 2).variables == {1}  # function names are not variables
+
+
+def test_constant_target_has_one_value_per_sample():
+    y = parse_target("exp(1)", 3)(torch.randn(7, 3))
+    assert y.shape == (7,) and torch.allclose(y, torch.full((7,), torch.e))
+
+
+def test_very_high_degree_polynomials_use_monte_carlo():
+    """Expanding (1 + x1/1000)**4096 exactly would take forever; the AGOP is estimated instead."""
+    t = parse_target("(((1 + x1/1000)**16)**16)**16", 1)
+    assert t.polynomial() is None
+    G = t.expected_agop(n_mc=20_000)
+    assert G.shape == (1, 1) and torch.isfinite(G).all()
+    assert parse_target("(x1 + x2)**16", 2).polynomial() is not None
+
+
+@pytest.mark.parametrize("expr", ["10**10**10", "9**9**9**9", "x1/0", "1e999*x1", "x1**(10**10)"])
+def test_cli_rejects_bad_target_cleanly(tmp_path, capsys, expr):
+    from catapults import cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {name: synthetic, d: 5, n_train: 32, n_test: 32}\n"
+                   "model: {depth: 2, width: 16}\ntrain: {steps: 20}\noutput: {progress: false}\n")
+    out = tmp_path / "r"
+    assert cli.main(["run", str(cfg), "--out", str(out), "--set", f"data.target={expr}"]) == 2
+    err = capsys.readouterr().err
+    assert "data.target" in err and repr(expr) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

@@ -11,13 +11,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from catapults.config import ConfigError, DataConfig
 from catapults.targets import Target, TargetError, parse_target
+
+if TYPE_CHECKING:
+    from catapults.datasets import ImageSet
+
+MAX_RESIZED_BYTES = 4 * 2**30  # data.image_size: budget for the resized images (float64)
 
 
 class DataError(ValueError):
@@ -88,6 +93,10 @@ def synthetic_regression(
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(n_train + n_test, d, generator=gen, dtype=torch.float64)
     y = target(X).reshape(-1, 1)
+    if not bool(torch.isfinite(y.to(dtype)).all()):  # e.g. 1e300*x1 overflows in float32
+        name = getattr(target, "expression", repr(target))
+        raise TargetError(f"{name!r} gives non-finite values (inf/nan) on the sampled inputs "
+                          f"(in {str(dtype).removeprefix('torch.')})")
     y_train = y[:n_train].clone()
     if noise > 0:
         y_train += noise * torch.randn(n_train, 1, generator=gen, dtype=torch.float64)
@@ -207,13 +216,15 @@ def make_dataset(cfg: DataConfig, *, dtype: torch.dtype = torch.float32) -> Data
     if cfg.name == "synthetic":
         try:
             target = parse_target(cfg.target, cfg.d)
+            return synthetic_regression(target, d=cfg.d, n_train=cfg.n_train,
+                                        n_test=cfg.n_test, noise=cfg.noise, seed=cfg.seed,
+                                        dtype=dtype)
         except TargetError as err:
             raise ConfigError(f"data.target: {err}") from None
-        return synthetic_regression(target, d=cfg.d, n_train=cfg.n_train, n_test=cfg.n_test,
-                                    noise=cfg.noise, seed=cfg.seed, dtype=dtype)
     if cfg.name == "digits":
         X, labels = load_digits_raw()
         if cfg.image_size is not None:  # digits are 8x8, one channel: grayscale is a no-op
+            _check_image_size(cfg.image_size, len(X), 1)
             X = torch.nn.functional.interpolate(X, size=(cfg.image_size, cfg.image_size),
                                                 mode="bilinear", antialias=True,
                                                 align_corners=False).clamp(0, 1)
@@ -229,6 +240,12 @@ def make_dataset(cfg: DataConfig, *, dtype: torch.dtype = torch.float32) -> Data
     opts = {"root": cfg.root, "grayscale": cfg.grayscale, "image_size": cfg.image_size}
     train = datasets.open_dataset(cfg.name, split="train", **opts)
     test = datasets.open_dataset(cfg.name, split="test", **opts)
+    if train.image_shape != test.image_shape:
+        raise DataError(f"{cfg.name}: the train images ({_source(train)}) are "
+                        f"{_shape(train.image_shape)} but the test images ({_source(test)}) are "
+                        f"{_shape(test.image_shape)}; both splits need the same image size")
+    if cfg.image_size is not None:
+        _check_image_size(cfg.image_size, cfg.n_train + cfg.n_test, train.image_shape[0])
     labels, labels_test, classes = train.labels, test.labels, cfg.classes
     info: dict = {"root": str(data_root(cfg.root)), "image_shape": list(train.image_shape),
                   "grayscale": cfg.grayscale, "image_size": cfg.image_size}
@@ -246,3 +263,28 @@ def make_dataset(cfg: DataConfig, *, dtype: torch.dtype = torch.float32) -> Data
         standardize=cfg.standardize, seed=cfg.seed, dtype=dtype)
     ds.info.update(info)
     return ds
+
+
+def _check_image_size(size: int, n_images: int, channels: int) -> None:
+    """ConfigError (data.image_size) if ``n_images`` resized images exceed MAX_RESIZED_BYTES."""
+    need = 8 * n_images * channels * size * size  # float64, as classification_task works
+    if need > MAX_RESIZED_BYTES:
+        raise ConfigError(
+            f"data.image_size: {size} is too large: {n_images} images of {channels}x{size}x{size} "
+            f"would need {need / 2**30:,.1f} GiB (at most {MAX_RESIZED_BYTES / 2**30:.0f} GiB); "
+            f"use a smaller image_size")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _source(images: ImageSet) -> str:
+    """Where a split's images come from: the IDX file for MNIST-like sets, else the directory."""
+    from catapults import datasets
+
+    path = images.path
+    if images.name in ("mnist", "fashion-mnist") and path is not None:
+        name = datasets.IDX_FILES[images.split][0]
+        path = path / name if (path / name).is_file() else path / f"{name}.gz"
+    return str(path)

@@ -323,6 +323,8 @@ def _open_idx(name: str, root: Path, split: str, **kw) -> ArrayImages:
     if images.ndim != 3 or images.dtype != np.uint8:
         raise _corrupt(img_path, f"expected uint8 images (N, H, W), got {images.dtype} "
                                  f"{images.shape}")
+    if 0 in images.shape[1:]:
+        raise _corrupt(img_path, f"empty images ({images.shape[1]}x{images.shape[2]} pixels)")
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise _corrupt(lab_path, f"expected uint8 labels (N,), got {labels.dtype} {labels.shape}")
     if images.shape[0] != labels.shape[0]:

@@ -38,6 +38,9 @@ _FUNCS = {
     "sqrt": torch.sqrt,
 }
 _VAR = re.compile(r"^x([1-9][0-9]*)$")
+_MAX_LENGTH = 10_000  # characters in an expression
+_TOO_DEEP = "the expression is too deeply nested or too long"
+_N_PROBE = 512  # standard-normal points on which a parsed target must be finite
 
 
 class TargetError(ValueError):
@@ -60,15 +63,15 @@ class Target:
         if X.shape[1] != self.d:
             raise ValueError(f"target {self.expression!r} expects d={self.d}, got {X.shape[1]}")
         out = _eval(self._tree.body, X)
-        if not isinstance(out, Tensor):
+        if not isinstance(out, Tensor) or out.ndim == 0:  # a constant, e.g. "exp(1)"
             out = torch.full((X.shape[0],), float(out), dtype=X.dtype, device=X.device)
         return out
 
     @property
     def variables(self) -> set[int]:
         """0-based indices of the coordinates the target depends on."""
-        return {int(_VAR.match(n.id).group(1)) - 1 for n in ast.walk(self._tree)
-                if isinstance(n, ast.Name)}
+        return {int(m.group(1)) - 1 for n in ast.walk(self._tree)
+                if isinstance(n, ast.Name) and (m := _VAR.match(n.id))}
 
     def polynomial(self) -> dict[tuple[int, ...], Fraction] | None:
         """The target as {exponent tuple (length d): coefficient}, or None if not polynomial."""
@@ -96,22 +99,57 @@ class Target:
 
 
 def parse_target(expression: str, d: int) -> Target:
-    """Parse a target name or expression over x1..xd; raise :class:`TargetError` if invalid."""
+    """Parse a target name or expression over x1..xd; raise :class:`TargetError` if invalid.
+
+    Invalid also means not finite: a target must give finite values on a fixed probe of
+    standard-normal points (so ``x1/0``, ``10**10**10`` or ``sqrt(x1)`` are refused).
+    """
     text = NAMED_TARGETS.get(expression.strip(), expression.strip())
+    if len(expression) > 80:  # messages quote the expression: keep them short
+        expression = expression[:60] + "..."
     if not text:
         raise TargetError("empty target expression")
+    if len(text) > _MAX_LENGTH:
+        raise TargetError(f"target expression of {len(text)} characters is too long "
+                          f"(at most {_MAX_LENGTH})")
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
         raise TargetError(f"cannot parse {expression!r} as an arithmetic expression") from None
-    _validate(tree.body, d, expression)
-    return Target(expression=text, d=d, _tree=tree)
+    except (RecursionError, MemoryError):
+        raise TargetError(f"{expression!r}: {_TOO_DEEP}") from None
+    target = Target(expression=text, d=d, _tree=tree)
+    try:
+        _validate(tree.body, d, expression)
+        _check_finite(target, expression)
+    except RecursionError:
+        raise TargetError(f"{expression!r}: {_TOO_DEEP}") from None
+    return target
+
+
+def _check_finite(target: Target, src: str) -> None:
+    """Raise TargetError if ``target`` is not finite on a fixed standard-normal probe."""
+    gen = torch.Generator().manual_seed(0)
+    width = max(target.variables, default=0) + 1  # only the used coordinates matter
+    X = torch.randn(_N_PROBE, width, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = _eval(target._tree.body, X)
+    if not bool(torch.isfinite(torch.as_tensor(y)).all()):
+        raise TargetError(f"{src!r} gives non-finite values (inf/nan) on x ~ N(0, I): a value "
+                          f"overflows (e.g. an exponent too large), divides by zero or is "
+                          f"undefined (e.g. sqrt of a negative number)")
 
 
 def _validate(node: ast.AST, d: int, src: str) -> None:
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
             raise TargetError(f"{src!r}: only numbers are allowed as constants")
+        try:
+            finite = math.isfinite(float(node.value))
+        except OverflowError:  # an int literal beyond float range
+            finite = False
+        if not finite:
+            raise TargetError(f"{src!r}: a number is too large (beyond the float64 range)")
     elif isinstance(node, ast.Name):
         m = _VAR.match(node.id)
         if not m:
@@ -151,7 +189,14 @@ def _eval(node: ast.AST, X: Tensor):
             v = torch.tensor(v, dtype=X.dtype, device=X.device)
         return _FUNCS[node.func.id](v)
     left, right = _eval(node.left, X), _eval(node.right, X)
-    op = node.op
+    if not isinstance(left, Tensor) and not isinstance(right, Tensor):
+        # constants: IEEE float64 (inf/nan) as on tensors, not Python's OverflowError/complex
+        left = torch.tensor(left, dtype=torch.float64)
+        return float(_binop(node.op, left, torch.tensor(right, dtype=torch.float64)))
+    return _binop(node.op, left, right)
+
+
+def _binop(op: ast.operator, left, right):
     if isinstance(op, ast.Add):
         return left + right
     if isinstance(op, ast.Sub):
@@ -169,6 +214,8 @@ class _NotPolynomial(Exception):
 
 
 Poly = dict[tuple[int, ...], Fraction]
+_MAX_DEGREE = 64  # expanded exactly up to this degree ...
+_MAX_TERMS = 100_000  # ... and this many term products per multiplication
 
 
 def _decimal_fraction(value: float) -> Fraction:
@@ -198,7 +245,7 @@ def _poly(node: ast.AST, d: int) -> Poly:
                 raise _NotPolynomial
             out: Poly = {zero: Fraction(1)}
             for _ in range(int(b[zero])):
-                out = _mul(out, a)
+                out = _small_mul(out, a)
             return out
         b = _poly(node.right, d)
         if isinstance(node.op, ast.Add):
@@ -206,7 +253,7 @@ def _poly(node: ast.AST, d: int) -> Poly:
         if isinstance(node.op, ast.Sub):
             return _add(a, b, -1)
         if isinstance(node.op, ast.Mult):
-            return _mul(a, b)
+            return _small_mul(a, b)
         if isinstance(node.op, ast.Div) and set(b) == {zero} and b[zero] != 0:
             return {k: v / b[zero] for k, v in a.items()}
     raise _NotPolynomial
@@ -217,6 +264,14 @@ def _add(a: Poly, b: Poly, sign: int) -> Poly:
     for k, v in b.items():
         out[k] = out.get(k, Fraction(0)) + sign * v
     return {k: v for k, v in out.items() if v != 0}
+
+
+def _small_mul(a: Poly, b: Poly) -> Poly:
+    """a * b, or _NotPolynomial (Monte Carlo instead) when the product gets too large to expand."""
+    degree = max(map(sum, a), default=0) + max(map(sum, b), default=0)
+    if degree > _MAX_DEGREE or len(a) * len(b) > _MAX_TERMS:
+        raise _NotPolynomial
+    return _mul(a, b)
 
 
 def _mul(a: Poly, b: Poly) -> Poly:
