@@ -7,15 +7,67 @@ Exit codes: 0 success (a diverged run is a result, not an error), 1 a run that f
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from catapults.config import ConfigError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2
         self.exit(2, f"catapults: error: {message}\n")
+
+
+# ---- checks of arguments and output paths -----------------------------------------------------
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option in its message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def spike_ratio(text: str) -> float:
+    """argparse type: a finite number > 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 1):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 1, got {text}")
+    return value
+
+
+def check_output_path(path: str | Path, what: str, *, directory: bool = True) -> Path:
+    """Raise :class:`ConfigError` (naming ``what``) unless ``path`` can be written as an output
+    directory (or, with ``directory=False``, a file): not an existing file (directory), and its
+    nearest existing ancestor is a directory this process can write in. Writes nothing."""
+    p = Path(path)
+    if directory and p.exists() and not p.is_dir():
+        raise ConfigError(f"{what}: {p} exists and is not a directory")
+    if not directory and p.is_dir():
+        raise ConfigError(f"{what}: {p} is a directory")
+    anc = p if p.is_dir() else p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ConfigError(f"{what}: cannot create {p}: {anc} is not a directory")
+    try:  # as root os.access says yes to everything: try it
+        os.rmdir(tempfile.mkdtemp(prefix=".catapults-check-", dir=anc))
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot create {p}: {anc}: "
+                          f"{err.strerror or err}") from None
+    return p
 
 
 def _add_run(sub) -> None:
@@ -37,6 +89,7 @@ def _cmd_run(args) -> int:
     if args.device:
         overrides.append(f"train.device={args.device}")
     cfg = load_config(args.config, overrides)
+    check_output_path(args.out or cfg.output.dir, "--out" if args.out else "output.dir")
     result = run(cfg, out_dir=args.out, overwrite=args.overwrite or None,
                  progress=False if args.no_progress else None)
     s = result.summary
@@ -55,7 +108,9 @@ def _add_config(sub) -> None:
                            "(or a file's resolved config)")
     show.add_argument("config", nargs="?", help="a config file to resolve (default: defaults)")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    val = csub.add_parser("validate", help="check a config file; exit 2 naming the bad field")
+    val = csub.add_parser("validate", help="check a config as `run` would (fields, target, "
+                          "data files, batch size, monitors, device) without training; exit 2 "
+                          "naming the bad field")
     val.add_argument("config")
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
@@ -72,7 +127,9 @@ def _cmd_config(args) -> int:
             cfg = load_config(args.config, args.overrides)
             sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    load_config(args.config, args.overrides)
+    from catapults.runs import check_config
+
+    check_config(load_config(args.config, args.overrides))  # data, target, model, monitors too
     print(f"{args.config}: ok")
     return 0
 
@@ -80,9 +137,10 @@ def _cmd_config(args) -> int:
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="print a run's catapults (events) as a table")
     p.add_argument("run", help="run directory")
-    p.add_argument("--figure", metavar="PNG", help="also write the loss curve with the events")
-    p.add_argument("--ratio", type=float, default=None,
-                   help="re-detect with this spike ratio instead of reading events.json")
+    p.add_argument("--figure", metavar="PNG",
+                   help="also write the loss curve with the events (a .png file)")
+    p.add_argument("--ratio", type=spike_ratio, default=None,
+                   help="re-detect with this spike ratio (> 1) instead of reading events.json")
 
 
 def _fmt(v, spec=".3g") -> str:
@@ -113,27 +171,97 @@ def format_events_table(events: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _cmd_inspect(args) -> int:
-    import json
-    from pathlib import Path
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+               int: "a number", float: "a number", type(None): "null"}
 
-    from catapults.monitors.events import analyse_history
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; :class:`ConfigError` naming the file if it is not one."""
+    import json
+
+    try:
+        data = json.loads(path.read_bytes())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: corrupt or truncated JSON ({err.msg}: line {err.lineno} "
+                          f"column {err.colno})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not JSON (binary data)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {_JSON_TYPES[type(data)]}")
+    return data
+
+
+def _is_num(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _check_events(data: dict[str, Any], path: Path) -> tuple[list[dict], dict | None]:
+    """The events and early warning of an ``events.json``, checked for the fields we print."""
+    events, warn = data.get("events"), data.get("early_warning")
+    if not isinstance(events, list):
+        raise ConfigError(f"{path}: 'events' must be a list of events")
+    for i, e in enumerate(events):
+        if not (isinstance(e, dict)
+                and all(isinstance(e.get(k), int) for k in ("start", "peak", "end"))
+                and all(k in e and _is_num(e[k]) for k in ("baseline_loss", "peak_loss"))
+                and isinstance(e.get("recovered"), bool)
+                and isinstance(e.get("info", {}), dict)):
+            raise ConfigError(f"{path}: events[{i}] is not an event (integer start, peak, end; "
+                              "baseline_loss, peak_loss numbers; recovered true/false)")
+    if warn is not None and not (isinstance(warn, dict)
+                                 and all(k in warn for k in ("window", "flags", "precision",
+                                                             "recall"))):
+        raise ConfigError(f"{path}: early_warning must be null or an object with window, flags, "
+                          "precision, recall")
+    return events, warn
+
+
+def _read_history(run_dir: Path) -> list[dict[str, Any]]:
     from catapults.runs import read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    try:
+        history = read_metrics(run_dir)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a metrics file (binary data)") from None
+    if not all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in history):
+        raise ConfigError(f"{path}: every line must be a JSON object with an integer 'step'")
+    return history
+
+
+def _check_figure_path(figure: str) -> None:
+    path = Path(figure)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--figure: {figure}: must end in .png")
+    check_output_path(path, "--figure", directory=False)
+    if path.is_file():
+        with open(path, "rb") as fh:
+            if fh.read(len(PNG_MAGIC)) != PNG_MAGIC:
+                raise ConfigError(f"--figure: {figure} exists and is not a PNG image; "
+                                  "not overwriting it")
+
+
+def _cmd_inspect(args) -> int:
+    from catapults.monitors.events import analyse_history
 
     run_dir = Path(args.run)
     if not (run_dir / "metrics.jsonl").is_file():
         raise ConfigError(f"{run_dir}: not a run directory (no metrics.jsonl)")
-    history = read_metrics(run_dir)
+    if args.figure:
+        _check_figure_path(args.figure)
+    history = _read_history(run_dir)
     path = run_dir / "events.json"
     if path.is_file() and args.ratio is None:
-        data = json.loads(path.read_text())
-        events, warn = data["events"], data.get("early_warning")
+        events, warn = _check_events(read_json_object(path), path)
     else:
-        res = analyse_history(history, **({"ratio": args.ratio} if args.ratio else {}))
+        kw = {}
+        if args.ratio is not None:  # the return ratio (default 1.5) must stay below the ratio
+            kw = {"ratio": args.ratio, "return_ratio": min(1.5, (1 + args.ratio) / 2)}
+        res = analyse_history(history, **kw)
         events, warn = [e.to_dict() for e in res["events"]], res["early_warning"]
     summary = {}
     if (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = read_json_object(run_dir / "summary.json")
     print(f"run: {run_dir}  status: {summary.get('status', '?')}  steps: "
           f"{summary.get('steps', len(history))}  catapults: {len(events)} "
           f"({sum(e['recovered'] for e in events)} recovered)")
@@ -193,12 +321,13 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--size", choices=["tiny", "quick", "full"],
                    help="explicit size (overrides --quick; 'tiny' is for tests)")
     p.add_argument("--out", default="reproduce", help="output directory (default: reproduce)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
 
 
 def _cmd_reproduce(args) -> int:
     from catapults.experiments import reproduce
 
+    check_output_path(args.out, "--out")
     size = args.size or ("quick" if args.quick else "full")
     results = reproduce(args.experiment, out=args.out, size=size, threads=args.threads)
     return 0 if results else 1
@@ -236,6 +365,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (ConfigError, DataError) as err:
         print(f"catapults: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # stdout closed early (`catapults inspect RUN | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as err:  # an output or input path the system refuses: one line, no traceback
+        name = err.filename2 if err.filename2 is not None else err.filename
+        reason = err.strerror or str(err)
+        print(f"catapults: error: {f'{name}: ' if name is not None else ''}{reason}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("catapults: interrupted", file=sys.stderr)

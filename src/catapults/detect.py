@@ -79,8 +79,10 @@ def find_catapults(
     Returns:
         The events in order; see the module docstring for the exact algorithm.
     """
-    if ratio <= 1 or return_ratio < 1 or return_ratio >= ratio:
-        raise ValueError("need ratio > 1 and 1 <= return_ratio < ratio")
+    if not (math.isfinite(ratio) and ratio > 1):  # NaN fails every comparison
+        raise ValueError(f"ratio must be a finite number > 1, got {ratio}")
+    if not 1 <= return_ratio < ratio:
+        raise ValueError(f"return_ratio must be >= 1 and < ratio ({ratio}), got {return_ratio}")
     if window < 1:
         raise ValueError("window must be >= 1")
     events: list[Catapult] = []

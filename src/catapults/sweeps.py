@@ -423,7 +423,9 @@ def read_trial_status(trial_dir: Path) -> tuple[str, dict[str, Any] | None]:
         return "pending", None
     try:
         summary = json.loads((trial_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # missing, half-written, not JSON or not text
+        return "unfinished", None
+    if not isinstance(summary, dict):
         return "unfinished", None
     return str(summary.get("status", "unfinished")), summary
 
@@ -466,9 +468,9 @@ class _Index:
         self.sweep, self.dir = sweep, sweep_dir
         previous = {}
         if (sweep_dir / "index.jsonl").is_file():
-            try:
-                previous = {r["trial_id"]: r for r in read_index(sweep_dir)}
-            except (json.JSONDecodeError, KeyError):
+            try:  # the trial directories are the truth; a damaged index is rebuilt
+                previous = {r["trial_id"]: r for r in read_index(sweep_dir, strict=True)}
+            except ConfigError:
                 previous = {}
         self.rows: dict[str, dict[str, Any]] = {}
         self.started: dict[str, float] = {}  # trial id -> hand-out time, until recorded
@@ -940,17 +942,16 @@ def sweep_report(sweep_dir: str | Path, *, metrics: Iterable[str] | None = None,
     summaries: dict[str, dict[str, Any] | None] = {}
     for r in rows:
         trial_dir = sweep_dir / r.get("dir", f"trials/{r['trial_id']}")
-        try:
-            summaries[r["trial_id"]] = read_trial_status(trial_dir)[1]
-        except (AttributeError, UnicodeDecodeError):  # JSON but not an object, or binary
-            raise ConfigError(f"{trial_dir / 'summary.json'}: not a run summary "
-                              "(expected a JSON object)") from None
+        status, summaries[r["trial_id"]] = read_trial_status(trial_dir)
+        if status == "unfinished" and (trial_dir / "summary.json").is_file():
+            raise ConfigError(f"{trial_dir / 'summary.json'}: not a run summary (expected a "
+                              "JSON object; re-run the sweep to run this trial again)")
     known = {k for s in summaries.values() if s for k in _flatten(s)}
     unknown = [m for m in metric_list if m not in known]
     if known and unknown:
         numeric = ", ".join(sorted({k for s in summaries.values() if s
                                     for k, v in _flatten(s).items() if _as_float(v) is not None}))
-        what = f"metric(s) {', '.join(repr(m) for m in unknown)}: in no trial's summary.json"
+        what = f"metric {', '.join(map(repr, unknown))} found in no trial's summary.json"
         if metrics:
             raise ConfigError(f"{what} (known: {numeric})")
         if spec.get("metrics"):
@@ -1171,6 +1172,8 @@ def cmd_sweep(args) -> int:
     sweep = load_sweep(args.sweep, args.overrides, threads=threads)
     if args.dry_run:
         out = Path(args.out) if args.out else sweep.default_dir()
+        if args.backend == "local":
+            check_trials(sweep)
         for t in sweep.trials:
             status, _ = read_trial_status(out / "trials" / t.id)
             print(f"{t.id}  {status}  {t.label()}")
