@@ -10,7 +10,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,28 +47,6 @@ def spike_ratio(text: str) -> float:
     return value
 
 
-def check_output_path(path: str | Path, what: str, *, directory: bool = True) -> Path:
-    """Raise :class:`ConfigError` (naming ``what``) unless ``path`` can be written as an output
-    directory (or, with ``directory=False``, a file): not an existing file (directory), and its
-    nearest existing ancestor is a directory this process can write in. Writes nothing."""
-    p = Path(path)
-    if directory and p.exists() and not p.is_dir():
-        raise ConfigError(f"{what}: {p} exists and is not a directory")
-    if not directory and p.is_dir():
-        raise ConfigError(f"{what}: {p} is a directory")
-    anc = p if p.is_dir() else p.parent
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise ConfigError(f"{what}: cannot create {p}: {anc} is not a directory")
-    try:  # as root os.access says yes to everything: try it
-        os.rmdir(tempfile.mkdtemp(prefix=".catapults-check-", dir=anc))
-    except OSError as err:
-        raise ConfigError(f"{what}: cannot create {p}: {anc}: "
-                          f"{err.strerror or err}") from None
-    return p
-
-
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="train one run from a YAML config")
     p.add_argument("config", help="YAML config file (sections data, model, train, monitor, output)")
@@ -83,7 +60,7 @@ def _add_run(sub) -> None:
 
 def _cmd_run(args) -> int:
     from catapults.config import load_config
-    from catapults.runs import run
+    from catapults.runs import check_output_path, run
 
     overrides = list(args.overrides)
     if args.device:
@@ -233,6 +210,8 @@ def _check_figure_path(figure: str) -> None:
     path = Path(figure)
     if path.suffix.lower() != ".png":
         raise ConfigError(f"--figure: {figure}: must end in .png")
+    from catapults.runs import check_output_path
+
     check_output_path(path, "--figure", directory=False)
     if path.is_file():
         with open(path, "rb") as fh:
@@ -326,6 +305,7 @@ def _add_reproduce(sub) -> None:
 
 def _cmd_reproduce(args) -> int:
     from catapults.experiments import reproduce
+    from catapults.runs import check_output_path
 
     check_output_path(args.out, "--out")
     size = args.size or ("quick" if args.quick else "full")

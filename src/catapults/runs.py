@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,28 @@ class RunResult:
     summary: dict[str, Any]
     history: list[dict[str, Any]]
     model: torch.nn.Module
+
+
+def check_output_path(path: str | Path, what: str, *, directory: bool = True) -> Path:
+    """Raise :class:`ConfigError` (naming ``what``) unless ``path`` can be written as an output
+    directory (or, with ``directory=False``, a file): not an existing file (directory), and its
+    nearest existing ancestor is a directory this process can write in. Writes nothing."""
+    p = Path(path)
+    if directory and p.exists() and not p.is_dir():
+        raise ConfigError(f"{what}: {p} exists and is not a directory")
+    if not directory and p.is_dir():
+        raise ConfigError(f"{what}: {p} is a directory")
+    anc = p if p.is_dir() else p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ConfigError(f"{what}: cannot create {p}: {anc} is not a directory")
+    try:  # as root os.access says yes to everything: try it
+        os.rmdir(tempfile.mkdtemp(prefix=".catapults-check-", dir=anc))
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot create {p}: {anc}: "
+                          f"{err.strerror or err}") from None
+    return p
 
 
 def prepare_run_dir(out: str | Path, *, overwrite: bool) -> Path:

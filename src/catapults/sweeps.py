@@ -79,7 +79,7 @@ from catapults.config import (
     read_yaml,
     set_dotted,
 )
-from catapults.runs import jsonable, write_text_atomic
+from catapults.runs import check_output_path, jsonable, write_text_atomic
 from catapults.training import Callback
 
 SWEEP_KEYS = ("name", "description", "base", "base_config", "grid", "trials", "seeds", "metrics",
@@ -1160,8 +1160,6 @@ def add_sweep_parsers(subparsers) -> None:
 
 def cmd_sweep(args) -> int:
     """``catapults sweep``: 0 when every trial completed or diverged, 1 when some failed."""
-    from catapults.cli import check_output_path
-
     if args.address and args.backend != "ray":
         raise ConfigError("--address: only with --backend ray")
     if args.backend == "local":
