@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_model
 from torch.func import jacrev, vmap
 
 from catapults.agop import agop, agop_alignment, agop_factor, alignment
@@ -192,14 +193,7 @@ def bench_gram(d: int, n: int, repeats: int) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from machine import cpu_model
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
@@ -423,17 +424,6 @@ def bench_tracking(n: int, k: int, steps: int, log: Callable[[str], None]) -> di
 
 
 # ---- report -------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def table(res: dict[str, Any]) -> str:
     lines: list[str] = []
     if "kernel" in res:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_model
 
 from catapults.sweeps import cpu_count, load_sweep, run_sweep
 
@@ -47,14 +48,7 @@ CONFIGS = {"2 workers x 1 thread": (2, 1), "1 worker x 2 threads": (1, 2)}
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (f"{cpu}, {cpu_count()} cores available, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
