@@ -148,26 +148,6 @@ def format_events_table(events: list[dict]) -> str:
     return "\n".join(lines)
 
 
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-               int: "a number", float: "a number", type(None): "null"}
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; :class:`ConfigError` naming the file if it is not one."""
-    import json
-
-    try:
-        data = json.loads(path.read_bytes())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: corrupt or truncated JSON ({err.msg}: line {err.lineno} "
-                          f"column {err.colno})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not JSON (binary data)") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {_JSON_TYPES[type(data)]}")
-    return data
-
-
 def _is_num(v: Any) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
@@ -222,6 +202,7 @@ def _check_figure_path(figure: str) -> None:
 
 def _cmd_inspect(args) -> int:
     from catapults.monitors.events import analyse_history
+    from catapults.runs import read_json_object, read_summary
 
     run_dir = Path(args.run)
     if not (run_dir / "metrics.jsonl").is_file():
@@ -240,7 +221,7 @@ def _cmd_inspect(args) -> int:
         events, warn = [e.to_dict() for e in res["events"]], res["early_warning"]
     summary = {}
     if (run_dir / "summary.json").is_file():
-        summary = read_json_object(run_dir / "summary.json")
+        summary = read_summary(run_dir)
     print(f"run: {run_dir}  status: {summary.get('status', '?')}  steps: "
           f"{summary.get('steps', len(history))}  catapults: {len(events)} "
           f"({sum(e['recovered'] for e in events)} recovered)")

@@ -132,8 +132,27 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+               int: "a number", float: "a number", type(None): "null"}
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; :class:`ConfigError` naming the file if it is not one."""
+    try:
+        data = json.loads(path.read_bytes())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: corrupt or truncated JSON ({err.msg}: line {err.lineno} "
+                          f"column {err.colno})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not JSON (binary data)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {_JSON_TYPES[type(data)]}")
+    return data
+
+
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
+    """A run's ``summary.json``; :class:`ConfigError` naming the file if it is not an object."""
+    return read_json_object(Path(run_dir) / "summary.json")
 
 
 # ---- a run ----------------------------------------------------------------------------------

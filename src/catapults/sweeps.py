@@ -45,6 +45,7 @@ interrupted`` in its ``summary.json``), every worker is stopped, the index is wr
 
 from __future__ import annotations
 
+import collections
 import copy
 import csv
 import hashlib
@@ -430,6 +431,11 @@ def read_trial_status(trial_dir: Path) -> tuple[str, dict[str, Any] | None]:
     return str(summary.get("status", "unfinished")), summary
 
 
+def count_statuses(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """How many index rows have each status."""
+    return dict(collections.Counter(r["status"] for r in rows))
+
+
 def read_index(sweep_dir: str | Path, *, strict: bool = False) -> list[dict[str, Any]]:
     """The rows of ``DIR/index.jsonl``. ``strict``: a line that is not a row (corrupt JSON, not
     an object with ``trial_id``, ``params`` and ``status``) is a :class:`ConfigError` naming the
@@ -502,13 +508,15 @@ class _Index:
         row["attempts"] += 1
         self.write()
 
-    def record(self, tid: str, status: str, summary: dict[str, Any] | None) -> None:
+    def record(self, tid: str, status: str, summary: dict[str, Any] | None, *,
+               write: bool = True) -> None:
         self.started.pop(tid, None)
         row = self.rows[tid]
         row["status"] = status
         row["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._fill(row, summary)
-        self.write()
+        if write:
+            self.write()
 
     def fresh_status(self, tid: str) -> tuple[str, dict[str, Any] | None]:
         """The status a trial's directory shows, ignoring a summary older than the hand-out
@@ -529,15 +537,11 @@ class _Index:
         shows ('failed' if it recorded its interruption, 'unfinished' if it had no time to);
         then the index is written."""
         for tid in list(self.started):
-            status, summary = self.fresh_status(tid)
-            self.record(tid, status, summary)
+            self.record(tid, *self.fresh_status(tid), write=False)
         self.write()
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.rows.values():
-            out[r["status"]] = out.get(r["status"], 0) + 1
-        return out
+        return count_statuses(self.rows.values())
 
     def write(self) -> None:
         rows = list(self.rows.values())
@@ -1190,9 +1194,7 @@ def cmd_sweep(args) -> int:
                         address=args.address, progress=not args.no_progress, report=False)
     except KeyboardInterrupt:
         if (out / "index.jsonl").is_file():
-            counts: dict[str, int] = {}
-            for r in read_index(out):
-                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            counts = count_statuses(read_index(out))
             done = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
             print(f"sweep stopped: {done}; index {out / 'index.csv'}. Run the same command "
                   "again to resume (finished trials are kept).", file=sys.stderr)
