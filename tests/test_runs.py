@@ -53,6 +53,50 @@ def test_existing_directory_is_not_overwritten(tmp_path):
     assert not (out / "extra.txt").exists() and (out / "summary.json").exists()
 
 
+def test_overwrite_needs_the_run_marker_not_a_config_yaml(tmp_path):
+    project = tmp_path / "myproject"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('precious')")
+    (project / "NOTES.md").write_text("precious")
+    (project / "config.yaml").write_text("{}")  # looks like a run to a name-based test
+    with pytest.raises(ConfigError, match="not a run directory.*marker"):
+        run(config_from_dict(small_config()), out_dir=project, overwrite=True)
+    assert (project / "src" / "main.py").read_text() == "print('precious')"
+    assert (project / "NOTES.md").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["myproject"]  # nothing left beside
+    code = cli.main(["run", str(write_cfg(tmp_path, small_config())), "--out", str(project),
+                     "--overwrite"])
+    assert code == 2 and (project / "NOTES.md").is_file()
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_be_created(tmp_path, monkeypatch):
+    from catapults import runs
+
+    out = tmp_path / "run"
+    run(config_from_dict(small_config()), out_dir=out)
+    assert runs.is_run_dir(out)
+    before = (out / "summary.json").read_text()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(runs.tempfile, "mkdtemp", refuse)  # as a read-only parent would
+    with pytest.raises(ConfigError, match="cannot create .*Permission denied"):
+        run(config_from_dict(small_config()), out_dir=out, overwrite=True)
+    assert (out / "summary.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_overwrite_swaps_in_a_new_run_and_leaves_nothing_beside(tmp_path):
+    out = tmp_path / "run"
+    run(config_from_dict(small_config()), out_dir=out)
+    (out / "extra.txt").write_text("from the earlier run")
+    run(config_from_dict(small_config(train={"lr": 0.25})), out_dir=out, overwrite=True)
+    assert not (out / "extra.txt").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"] == 0.25
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 def test_overwrite_never_deletes_the_current_directory(tmp_path, monkeypatch):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("{}")

@@ -2,6 +2,7 @@
 
 Layout::
 
+    RUN/.catapults-run   the marker that makes RUN a run directory (only those are replaced)
     RUN/config.yaml      the fully resolved config (every field)
     RUN/metrics.jsonl    one JSON object per logged step, appended and flushed during training
     RUN/summary.json     status (completed | diverged | failed), final losses, wall time, monitors
@@ -9,7 +10,8 @@ Layout::
     RUN/checkpoint.pt    {"model": state_dict, "config": dict, "step": int} at the end
 
 Every file except ``metrics.jsonl`` is written under a temporary name and renamed, so a reader
-never sees half a file. An existing run directory is only replaced with ``overwrite=True``.
+never sees half a file. An existing run directory is only replaced with ``overwrite=True``, and
+only if it holds the marker; the new run is created beside it and swapped in.
 Non-finite floats are written as ``null`` (strict JSON).
 """
 
@@ -189,22 +191,79 @@ def check_output_path(path: str | Path, what: str, *, directory: bool = True) ->
     return p
 
 
+RUN_MARKER = ".catapults-run"
+"""The file that marks a directory as a run written by this toolkit. ``overwrite`` replaces
+only directories that hold it (never a directory that merely contains a ``config.yaml``)."""
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a run directory written by catapults (it holds :data:`RUN_MARKER`)."""
+    return (Path(path) / RUN_MARKER).is_file()
+
+
 def prepare_run_dir(out: str | Path, *, overwrite: bool) -> Path:
-    """Check that ``out`` may be written, else raise :class:`RunExistsError`. Writes nothing."""
+    """Check that ``out`` may be written, else raise :class:`RunExistsError` (or
+    :class:`ConfigError`). Writes nothing.
+
+    ``out`` may be absent or an empty directory. An existing non-empty directory is replaced only
+    with ``overwrite=True`` and only if it is a run directory (:func:`is_run_dir`), and never
+    when it is the current directory or contains it."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise RunExistsError(
-            f"output.dir: {out} already exists (use --overwrite to replace it)")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output.dir: {out} exists and is not a directory")
-    if out.exists():  # --overwrite replaces a run directory, and nothing else
-        here, target = Path.cwd().resolve(), out.resolve()
-        if target == here or target in here.parents:
-            raise ConfigError(f"output.dir: {out} is the current directory or contains it; "
-                              "--overwrite replaces only run directories")
-        if any(out.iterdir()) and not (out / "config.yaml").is_file():
-            raise ConfigError(f"output.dir: {out} is not a run directory (no config.yaml), "
-                              "so --overwrite will not delete it; choose another directory")
+    if not out.exists():
+        return out
+    here, target = Path.cwd().resolve(), out.resolve()
+    if target == here or target in here.parents:
+        raise ConfigError(f"output.dir: {out} is the current directory or contains it; "
+                          "overwrite replaces only run directories")
+    empty = not any(out.iterdir())
+    if empty:
+        return out
+    if not overwrite:
+        raise RunExistsError(
+            f"output.dir: {out} already exists (pass overwrite=True, or --overwrite on the "
+            "command line, to replace it)")
+    if not is_run_dir(out):
+        raise ConfigError(f"output.dir: {out} is not a run directory (it has no {RUN_MARKER} "
+                          "marker written by catapults), so overwrite will not delete it; "
+                          "choose another directory")
+    return out
+
+
+def create_run_dir(out: str | Path, *, overwrite: bool) -> Path:
+    """Create the run directory ``out`` holding :data:`RUN_MARKER`, after
+    :func:`prepare_run_dir`'s checks.
+
+    The new directory is made beside ``out`` (same parent) with its marker and only then swapped
+    in, so ``out`` is never a directory without a marker, and an old run is removed only once the
+    new one exists: a parent that cannot be written leaves the old run untouched. Raises
+    :class:`ConfigError` naming the directory on an OS error."""
+    out = prepare_run_dir(out, overwrite=overwrite)
+    old: Path | None = None
+    staging: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+        write_json_atomic(staging / RUN_MARKER, {"kind": "run", "created": time.time()})
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "run")
+        try:
+            os.replace(staging, out)
+        except OSError:
+            if old is not None:  # put the old run back
+                os.replace(old / "run", out)
+            raise
+        staging = None
+    except OSError as err:
+        raise ConfigError(f"output.dir: cannot create {out}: "
+                          f"{err.strerror or err}") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return out
 
 
@@ -264,9 +323,7 @@ def run(config: RunConfig, *, out_dir: str | Path | None = None,
         torch.set_num_threads(config.train.threads)
     device, model, monitors, trainer = _build(config, callbacks=callbacks, progress=progress)
 
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = create_run_dir(out, overwrite=overwrite)
     resolved = config.to_dict()
     resolved["output"]["dir"] = str(out)
     write_text_atomic(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
