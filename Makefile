@@ -1,4 +1,5 @@
-# Set-up is shared by every target: a .venv with the pinned dependencies (requirements.txt).
+# Set-up is shared by every target: a .venv with the pinned dependencies (requirements*.txt:
+# the core, Ray, and the optional Lightning / TensorBoard / import-linter extras the tests use).
 # torch is installed first, pinned, so pip never resolves a bare or newer (CUDA, 5 GB) build.
 PY ?= python3
 TORCH_SPEC ?= torch==2.13.0
@@ -8,10 +9,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo demo-run reproduce-quick test test-all lint bench data clean
 
-$(STAMP): requirements.txt requirements-ray.txt pyproject.toml
+$(STAMP): requirements.txt requirements-ray.txt requirements-extras.txt requirements-extras-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-ray.txt
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-ray.txt -r requirements-extras.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements-extras-nodeps.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
@@ -36,6 +38,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-logo --no-cache
 
 bench: $(STAMP)
 	bash benchmarks/run.sh

@@ -42,9 +42,9 @@ from machine import cpu_model
 from torch.func import jacrev, vmap
 
 from catapults.agop import agop, agop_alignment, agop_factor, alignment
+from catapults.data.targets import parse_target
 from catapults.models import MLP
 from catapults.monitors.agop import AGOPMonitor
-from catapults.targets import parse_target
 
 N = 4000
 CHUNK = 2000

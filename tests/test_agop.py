@@ -20,10 +20,10 @@ from catapults.agop import (
 )
 from catapults.config import ConfigError, TrainConfig, config_from_dict
 from catapults.data import Dataset, synthetic_regression
+from catapults.data.targets import parse_target
 from catapults.models import MLP
-from catapults.monitors.agop import AGOPMonitor, reference_agop_for
-from catapults.runs import run
-from catapults.targets import parse_target
+from catapults.monitors.agop import AGOPMonitor
+from catapults.runs import build_monitors, reference_agop_for, run
 from catapults.training import Trainer
 from helpers import small_config
 
@@ -317,5 +317,5 @@ def test_reference_agop_for_synthetic_and_real(tmp_path):
     assert isinstance(ref, FactoredAGOP)
     torch.testing.assert_close(ref.matrix(), agop(res.model, real.X_train), atol=1e-6,
                                rtol=1e-5)
-    mon = AGOPMonitor.from_config(good, real)
+    (mon,) = [m for m in build_monitors(good, real) if isinstance(m, AGOPMonitor)]
     assert mon.every == 2 and mon.measure(res.model) == pytest.approx(1.0, abs=1e-5)

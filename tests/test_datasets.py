@@ -10,15 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from catapults import datasets
 from catapults.config import ConfigError, DataConfig
 from catapults.data import DataError, load_dataset, make_dataset
-from catapults.datasets import (
-    format_dataset_table,
-    list_datasets,
-    open_dataset,
-    read_idx,
-)
+from catapults.data import readers as datasets
+from catapults.data.discovery import format_dataset_table, list_datasets
+from catapults.data.images import CelebAImages
+from catapults.data.readers import open_dataset, read_idx
 
 REPO = Path(__file__).resolve().parents[1]
 CELEBA_ATTRS = (
@@ -287,8 +284,8 @@ def test_celeba_lazy_resize_grayscale(tmp_path, monkeypatch):
     images = open_dataset("celeba", root=tmp_path, split="train", image_size=16, grayscale=True)
     assert images.shape == (6, 1, 16, 16) and images.attributes[SMILING] == "Smiling"
     decoded = []
-    original = datasets.CelebAImages._decode_one
-    monkeypatch.setattr(datasets.CelebAImages, "_decode_one",
+    original = CelebAImages._decode_one
+    monkeypatch.setattr(CelebAImages, "_decode_one",
                         lambda self, p: decoded.append(p.name) or original(self, p))
     # an image outside the subset may even be unreadable: it is never decoded
     (tmp_path / "celeba/img_align_celeba" / images.files[0].name).write_bytes(b"broken")
@@ -417,8 +414,8 @@ def test_make_dataset_grayscale_resize_standardise(tmp_path):
 def test_make_dataset_celeba_attribute(tmp_path, monkeypatch):
     files, attrs, _, parts = make_celeba(tmp_path)
     decoded = []
-    original = datasets.CelebAImages._decode_one
-    monkeypatch.setattr(datasets.CelebAImages, "_decode_one",
+    original = CelebAImages._decode_one
+    monkeypatch.setattr(CelebAImages, "_decode_one",
                         lambda self, p: decoded.append(p.name) or original(self, p))
     cfg = DataConfig(name="celeba", root=str(tmp_path), attribute="smiling", n_train=4,
                      n_test=2, image_size=12, standardize=False)
@@ -528,7 +525,7 @@ def test_image_size_too_large_is_refused_before_allocating(tmp_path):
 
 def test_non_finite_synthetic_targets_are_config_errors():
     from catapults.data import synthetic_regression
-    from catapults.targets import TargetError
+    from catapults.data.targets import TargetError
 
     with pytest.raises(ConfigError, match="data.target: 'x1/0' gives non-finite"):
         make_dataset(DataConfig(name="synthetic", d=3, target="x1/0", n_train=8, n_test=8))

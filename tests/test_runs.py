@@ -6,7 +6,10 @@ import yaml
 
 from catapults import cli
 from catapults.config import ConfigError, config_from_dict
-from catapults.runs import RunExistsError, load_run_model, read_metrics, run, write_text_atomic
+from catapults.errors import RunExistsError
+from catapults.runs import load_run_model, run
+from catapults.storage.atomic import write_text_atomic
+from catapults.storage.rundir import read_metrics
 from helpers import small_config
 
 
@@ -70,17 +73,17 @@ def test_overwrite_needs_the_run_marker_not_a_config_yaml(tmp_path):
 
 
 def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_be_created(tmp_path, monkeypatch):
-    from catapults import runs
+    from catapults.storage import rundir
 
     out = tmp_path / "run"
     run(config_from_dict(small_config()), out_dir=out)
-    assert runs.is_run_dir(out)
+    assert rundir.is_run_dir(out)
     before = (out / "summary.json").read_text()
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(runs.tempfile, "mkdtemp", refuse)  # as a read-only parent would
+    monkeypatch.setattr(rundir.tempfile, "mkdtemp", refuse)  # as a read-only parent would
     with pytest.raises(ConfigError, match="cannot create .*Permission denied"):
         run(config_from_dict(small_config()), out_dir=out, overwrite=True)
     assert (out / "summary.json").read_text() == before

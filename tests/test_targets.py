@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from catapults.targets import TargetError, parse_target
+from catapults.data.targets import TargetError, parse_target
 
 
 def test_expression_values():

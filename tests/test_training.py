@@ -152,7 +152,8 @@ def test_digits_binary_and_onehot():
 def test_divergence_inside_a_monitor_or_schedule_is_divergence(tmp_path, extra):
     """A monitor or schedule that fails on NaN / inf weights (eigh, Lanczos, critical lr) does
     not turn a diverging run into a crash: the status is 'diverged' and the metrics are kept."""
-    from catapults.runs import read_metrics, run
+    from catapults.runs import run
+    from catapults.storage.rundir import read_metrics
 
     cfg = {"data": {"name": "synthetic", "d": 5, "target": "x1*x2", "n_train": 32,
                     "n_test": 32},

@@ -60,7 +60,8 @@ def _add_run(sub) -> None:
 
 def _cmd_run(args) -> int:
     from catapults.config import load_config
-    from catapults.runs import check_output_path, run
+    from catapults.runs import run
+    from catapults.storage.rundir import check_output_path
 
     overrides = list(args.overrides)
     if args.device:
@@ -174,7 +175,7 @@ def _check_events(data: dict[str, Any], path: Path) -> tuple[list[dict], dict | 
 
 
 def _read_history(run_dir: Path) -> list[dict[str, Any]]:
-    from catapults.runs import read_metrics
+    from catapults.storage.rundir import read_metrics
 
     path = run_dir / "metrics.jsonl"
     try:
@@ -190,7 +191,7 @@ def _check_figure_path(figure: str) -> None:
     path = Path(figure)
     if path.suffix.lower() != ".png":
         raise ConfigError(f"--figure: {figure}: must end in .png")
-    from catapults.runs import check_output_path
+    from catapults.storage.rundir import check_output_path
 
     check_output_path(path, "--figure", directory=False)
     if path.is_file():
@@ -202,7 +203,8 @@ def _check_figure_path(figure: str) -> None:
 
 def _cmd_inspect(args) -> int:
     from catapults.monitors.events import analyse_history
-    from catapults.runs import read_json_object, read_summary
+    from catapults.storage.atomic import read_json_object
+    from catapults.storage.rundir import read_summary
 
     run_dir = Path(args.run)
     if not (run_dir / "metrics.jsonl").is_file():
@@ -233,7 +235,7 @@ def _cmd_inspect(args) -> int:
               f"recall {_fmt(warn['recall'], '.2f')}")
     if args.figure:
         from catapults.detect import Catapult
-        from catapults.reporting import plot_training
+        from catapults.plotting import plot_training
 
         evs = [Catapult(e["start"], e["peak"], e["end"], e["baseline_loss"],
                         e["peak_loss"] if e["peak_loss"] is not None else float("inf"),
@@ -252,7 +254,7 @@ def _add_data(sub) -> None:
 
 def _cmd_data(args) -> int:
     from catapults.data import data_root
-    from catapults.datasets import format_dataset_table, list_datasets
+    from catapults.data.discovery import format_dataset_table, list_datasets
 
     print(f"DATA_ROOT: {data_root(args.root)}  (get MNIST and Fashion-MNIST with `make data`)")
     print(format_dataset_table(list_datasets(args.root)))
@@ -286,7 +288,7 @@ def _add_reproduce(sub) -> None:
 
 def _cmd_reproduce(args) -> int:
     from catapults.experiments import reproduce
-    from catapults.runs import check_output_path
+    from catapults.storage.rundir import check_output_path
 
     check_output_path(args.out, "--out")
     size = args.size or ("quick" if args.quick else "full")

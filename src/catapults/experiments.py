@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from catapults.config import ConfigError, config_from_dict
-from catapults.runs import RunResult, run, write_json_atomic, write_text_atomic
+from catapults.runs import RunResult, run
+from catapults.storage.atomic import write_json_atomic, write_text_atomic
 
 EXPERIMENTS = ("gd-single", "gd-multi", "sgd-spikes", "sgd-batch-size", "real")
 SIZES = ("tiny", "quick", "full")
@@ -159,7 +160,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    from catapults.runs import save_figure_atomic
+    from catapults.storage.atomic import save_figure_atomic
 
     save_figure_atomic(fig, path)
     return path
@@ -515,7 +516,7 @@ def exp_sgd_batch_size(out: Path, size: str) -> ExperimentResult:
 
 # ---- real data -----------------------------------------------------------------------------
 def _real_tasks(size: str) -> list[dict[str, Any]]:
-    from catapults.datasets import list_datasets
+    from catapults.data.discovery import list_datasets
 
     n = {"tiny": 48, "quick": 200, "full": 500}[size]
     # digits has 357 images of 3 and 8 in all: at most 200 train + 150 test at every size

@@ -1,28 +1,12 @@
-"""Runs on disk: one directory per training run, written crash-safely.
+"""The composition root: a config becomes data, model, monitors and a trainer, and a run directory.
 
-Layout::
-
-    RUN/.catapults-run   the marker that makes RUN a run directory (only those are replaced)
-    RUN/config.yaml      the fully resolved config (every field)
-    RUN/metrics.jsonl    one JSON object per logged step, appended and flushed during training
-    RUN/summary.json     status (completed | diverged | failed), final losses, wall time, monitors
-    RUN/figures/*.png    figures
-    RUN/checkpoint.pt    {"model": state_dict, "config": dict, "step": int} at the end
-
-Every file except ``metrics.jsonl`` is written under a temporary name and renamed, so a reader
-never sees half a file. An existing run directory is only replaced with ``overwrite=True``, and
-only if it holds the marker; the new run is created beside it and swapped in.
-Non-finite floats are written as ``null`` (strict JSON).
+This is the one place that knows both the config schema (:mod:`catapults.config`) and the parts
+it configures; every layer below takes plain arguments. ``catapults run`` is :func:`run`.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,134 +14,26 @@ from typing import Any
 
 import torch
 import yaml
+from torch import Tensor
 
-from catapults.config import ConfigError, RunConfig
-
-
-class RunExistsError(ConfigError):
-    """The run directory exists and overwrite was not asked for."""
-
-
-# ---- atomic writing -------------------------------------------------------------------------
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+from catapults.config import NTKMonitorConfig, RunConfig, config_from_dict
+from catapults.curvature import agop as agop_lib
+from catapults.curvature.agop import Matrix
+from catapults.data import Dataset, make_dataset
+from catapults.errors import ConfigError
+from catapults.models import build_model
+from catapults.monitors import AGOPMonitor, EventsMonitor, NTKMonitor
+from catapults.plotting import plot_training
+from catapults.storage.atomic import save_torch_atomic, write_json_atomic, write_text_atomic
+from catapults.storage.rundir import (
+    MetricsFile,
+    create_run_dir,
+    describe_error,
+    prepare_run_dir,
+)
+from catapults.training import Callback, Trainer, resolve_device
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
-
-
-def jsonable(obj: Any) -> Any:
-    """Make ``obj`` strict-JSON safe: tensors to lists, non-finite floats to None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return jsonable(obj.detach().cpu().tolist())
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return jsonable(obj.item())
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def describe_error(err: BaseException) -> str:
-    """``'Type: message'`` for a run's summary; an interrupt says what it was."""
-    if isinstance(err, KeyboardInterrupt):
-        return "KeyboardInterrupt: stopped by Ctrl-C or SIGTERM"
-    return f"{type(err).__name__}: {err}"
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
-
-
-def save_torch_atomic(path: str | Path, obj: Any) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes_atomic(path, buf.getvalue())
-
-
-def save_figure_atomic(fig, path: str | Path, **kwargs) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=kwargs.pop("dpi", 120), bbox_inches="tight", **kwargs)
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
-
-
-class MetricsFile:
-    """Append-only ``metrics.jsonl``: one strict-JSON object per line, flushed on every write."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._fh = open(self.path, "a", buffering=1)
-
-    def __call__(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows of a run's ``metrics.jsonl`` (a torn last line, from a crash, is skipped)."""
-    rows = []
-    path = Path(run_dir) / "metrics.jsonl"
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-               int: "a number", float: "a number", type(None): "null"}
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; :class:`ConfigError` naming the file if it is not one."""
-    try:
-        data = json.loads(path.read_bytes())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: corrupt or truncated JSON ({err.msg}: line {err.lineno} "
-                          f"column {err.colno})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not JSON (binary data)") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {_JSON_TYPES[type(data)]}")
-    return data
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    """A run's ``summary.json``; :class:`ConfigError` naming the file if it is not an object."""
-    return read_json_object(Path(run_dir) / "summary.json")
-
-
-# ---- a run ----------------------------------------------------------------------------------
 @dataclass
 class RunResult:
     """What :func:`run` returns: the run directory, its summary and the trained model."""
@@ -169,113 +45,103 @@ class RunResult:
     model: torch.nn.Module
 
 
-def check_output_path(path: str | Path, what: str, *, directory: bool = True) -> Path:
-    """Raise :class:`ConfigError` (naming ``what``) unless ``path`` can be written as an output
-    directory (or, with ``directory=False``, a file): not an existing file (directory), and its
-    nearest existing ancestor is a directory this process can write in. Writes nothing."""
-    p = Path(path)
-    if directory and p.exists() and not p.is_dir():
-        raise ConfigError(f"{what}: {p} exists and is not a directory")
-    if not directory and p.is_dir():
-        raise ConfigError(f"{what}: {p} is a directory")
-    anc = p if p.is_dir() else p.parent
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise ConfigError(f"{what}: cannot create {p}: {anc} is not a directory")
-    try:  # as root os.access says yes to everything: try it
-        os.rmdir(tempfile.mkdtemp(prefix=".catapults-check-", dir=anc))
-    except OSError as err:
-        raise ConfigError(f"{what}: cannot create {p}: {anc}: "
-                          f"{err.strerror or err}") from None
-    return p
+def _spec_from_config(config: RunConfig, in_dim: int, out_dim: int, dtype: str) -> dict[str, Any]:
+    spec = config.model.model_dump(mode="json")
+    spec.pop("out_dim")
+    return {**spec, "in_dim": in_dim, "out_dim": config.model.out_dim or out_dim,
+            "seed": config.train.seed, "dtype": dtype}
 
 
-RUN_MARKER = ".catapults-run"
-"""The file that marks a directory as a run written by this toolkit. ``overwrite`` replaces
-only directories that hold it (never a directory that merely contains a ``config.yaml``)."""
+def model_spec(config: RunConfig, data: Dataset) -> dict[str, Any]:
+    """The model spec (:func:`catapults.models.build_model`) that ``config`` asks for on ``data``;
+    recorded in the run's checkpoint so that the model is rebuilt from it."""
+    return _spec_from_config(config, data.in_dim, data.out_dim, config.train.dtype)
 
 
-def is_run_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a run directory written by catapults (it holds :data:`RUN_MARKER`)."""
-    return (Path(path) / RUN_MARKER).is_file()
+# ---- monitors from the config ----------------------------------------------------------------
+def _probe(cfg: NTKMonitorConfig, data: Dataset, full_batch: bool) -> tuple[Tensor, Tensor]:
+    n = data.X_train.shape[0]
+    size = cfg.probe_size or (n if full_batch else min(n, 512))
+    size = min(size, n)
+    return data.X_train[:size], data.y_train[:size]
 
 
-def prepare_run_dir(out: str | Path, *, overwrite: bool) -> Path:
-    """Check that ``out`` may be written, else raise :class:`RunExistsError` (or
-    :class:`ConfigError`). Writes nothing.
-
-    ``out`` may be absent or an empty directory. An existing non-empty directory is replaced only
-    with ``overwrite=True`` and only if it is a run directory (:func:`is_run_dir`), and never
-    when it is the current directory or contains it."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output.dir: {out} exists and is not a directory")
-    if not out.exists():
-        return out
-    here, target = Path.cwd().resolve(), out.resolve()
-    if target == here or target in here.parents:
-        raise ConfigError(f"output.dir: {out} is the current directory or contains it; "
-                          "overwrite replaces only run directories")
-    empty = not any(out.iterdir())
-    if empty:
-        return out
-    if not overwrite:
-        raise RunExistsError(
-            f"output.dir: {out} already exists (pass overwrite=True, or --overwrite on the "
-            "command line, to replace it)")
-    if not is_run_dir(out):
-        raise ConfigError(f"output.dir: {out} is not a run directory (it has no {RUN_MARKER} "
-                          "marker written by catapults), so overwrite will not delete it; "
-                          "choose another directory")
-    return out
+def build_monitors(config: RunConfig, data: Dataset) -> list[Callback]:
+    """The monitors enabled in ``config.monitor``, validated against ``data``."""
+    monitors: list[Callback] = []
+    m = config.monitor
+    full_batch = config.train.optimizer == "gd" or config.train.batch_size is None
+    if m.ntk.enabled:
+        X, y = _probe(m.ntk, data, full_batch)
+        monitors.append(NTKMonitor(X, y, k=m.ntk.k, every=m.ntk.every, s=m.ntk.s,
+                                   batch=m.ntk.batch, method=m.ntk.method))
+    if m.agop.enabled:
+        cfg = m.agop
+        X = data.X_train if cfg.n_samples is None else data.X_train[:cfg.n_samples]
+        monitors.append(AGOPMonitor(X, reference_agop_for(config, data), every=cfg.every,
+                                    centered=cfg.centered, sqrt=cfg.sqrt))
+    if m.events.enabled:
+        monitors.append(EventsMonitor(ratio=m.events.ratio, window=m.events.window,
+                                      return_ratio=m.events.return_ratio,
+                                      warning_window=m.events.warning_window,
+                                      series=m.events.series if m.events.series != "auto"
+                                      else ("loss" if full_batch else "train_loss")))
+    return monitors
 
 
-def create_run_dir(out: str | Path, *, overwrite: bool) -> Path:
-    """Create the run directory ``out`` holding :data:`RUN_MARKER`, after
-    :func:`prepare_run_dir`'s checks.
+def reference_agop_for(config: RunConfig, data: Dataset) -> Matrix:
+    """The reference AGOP for ``config.monitor.agop`` on ``data``.
 
-    The new directory is made beside ``out`` (same parent) with its marker and only then swapped
-    in, so ``out`` is never a directory without a marker, and an old run is removed only once the
-    new one exists: a parent that cannot be written leaves the old run untouched. Raises
-    :class:`ConfigError` naming the directory on an OS error."""
-    out = prepare_run_dir(out, overwrite=overwrite)
-    old: Path | None = None
-    staging: Path | None = None
+    - ``monitor.agop.reference_run`` set: the AGOP of that run's final model
+      (:func:`catapults.runs.load_run_model`) on ``data.X_train``, a :class:`FactoredAGOP`
+      (the ``d × d`` matrix is formed later only if that is cheaper). A documented proxy.
+    - else, synthetic data with a known target: ``data.target.expected_agop()`` (exact, ``d × d``,
+      float64).
+    - else: :class:`~catapults.config.ConfigError` (``monitor.agop.reference_run: ...``).
+    """
+    cfg = config.monitor.agop
+    d = data.in_dim
+    if cfg.reference_run is None:
+        if data.target is not None and hasattr(data.target, "expected_agop"):
+            ref = data.target.expected_agop()
+            if tuple(ref.shape) != (d, d):
+                raise ConfigError(f"monitor.agop: the target's AGOP is {tuple(ref.shape)}, "
+                                  f"expected ({d}, {d})")
+            return ref
+        raise ConfigError(
+            f"monitor.agop.reference_run: data set {data.name!r} has no known target function, "
+            "so its true AGOP is unknown; give the directory of a finished run (with "
+            "checkpoint.pt) whose final model's AGOP serves as the reference (a proxy)")
+    path = Path(cfg.reference_run).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"monitor.agop.reference_run: {path} is not a directory (give the "
+                          "directory of a finished run)")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-        write_json_atomic(staging / RUN_MARKER, {"kind": "run", "created": time.time()})
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "run")
-        try:
-            os.replace(staging, out)
-        except OSError:
-            if old is not None:  # put the old run back
-                os.replace(old / "run", out)
-            raise
-        staging = None
-    except OSError as err:
-        raise ConfigError(f"output.dir: cannot create {out}: "
-                          f"{err.strerror or err}") from None
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return out
+        model, _ = load_run_model(path)
+    except ConfigError as err:
+        raise ConfigError(f"monitor.agop.reference_run: {err}") from None
+    except Exception as err:  # corrupt checkpoint, mismatched config, ...
+        raise ConfigError(f"monitor.agop.reference_run: cannot load the model of {path}: "
+                          f"{type(err).__name__}: {err}") from None
+    in_dim = getattr(model, "in_dim", None)
+    if in_dim is not None and in_dim != d:
+        raise ConfigError(f"monitor.agop.reference_run: the model of {path} takes inputs of size "
+                          f"{in_dim}, but this data set's inputs have size {d}")
+    model = model.eval().to(dtype=data.X_train.dtype)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        return agop_lib.agop_factor(model, data.X_train)
+    except (agop_lib.AGOPError, RuntimeError) as err:
+        raise ConfigError(f"monitor.agop.reference_run: cannot compute the AGOP of the model of "
+                          f"{path} on this data: {err}") from None
 
 
+# ---- a run ----------------------------------------------------------------------------------
 def _build(config: RunConfig, *, callbacks: list | None = None, progress: bool | None = None,
            cache: dict | None = None) -> tuple[Any, torch.nn.Module, list, Any]:
     """Everything a run needs, each part validated: (device, model, monitors, trainer).
     ``cache`` (a dict) keeps data sets between calls, keyed by their config and dtype."""
-    from catapults.data import make_dataset
-    from catapults.models import build_model
-    from catapults.monitors import build_monitors
-    from catapults.training import Trainer, resolve_device
-
     device = resolve_device(config.train.device)
     dtype = torch.float64 if config.train.dtype == "float64" else torch.float32
     key = (json.dumps(config.to_dict()["data"], sort_keys=True), str(dtype))
@@ -285,11 +151,10 @@ def _build(config: RunConfig, *, callbacks: list | None = None, progress: bool |
         data = make_dataset(config.data, dtype=dtype)
         if cache is not None:
             cache[key] = data
-    model = build_model(config.model, in_dim=data.in_dim, out_dim=data.out_dim,
-                        seed=config.train.seed, dtype=dtype)
     if (config.model.out_dim or data.out_dim) != data.out_dim:
         raise ConfigError(f"model.out_dim: {config.model.out_dim} does not match the targets' "
                           f"dimension {data.out_dim}")
+    model = build_model(model_spec(config, data))
     monitors = build_monitors(config, data) + list(callbacks or [])
     show = config.output.progress if progress is None else progress
     trainer = Trainer(model, data, config.train, callbacks=monitors, progress=show, device=device)
@@ -313,8 +178,6 @@ def run(config: RunConfig, *, out_dir: str | Path | None = None,
     the first file is written. A training crash leaves ``summary.json`` with status ``failed``
     and re-raises; a NaN/inf loss ends the run with status ``diverged``.
     """
-    from catapults.reporting import plot_training
-
     t0 = time.perf_counter()
     overwrite = config.output.overwrite if overwrite is None else overwrite
     out = prepare_run_dir(out_dir if out_dir is not None else config.output.dir,
@@ -349,7 +212,8 @@ def run(config: RunConfig, *, out_dir: str | Path | None = None,
     if config.output.checkpoint:
         save_torch_atomic(out / "checkpoint.pt", {
             "model": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
-            "config": resolved, "step": result.steps})
+            "model_spec": model_spec(config, trainer.data), "config": resolved,
+            "step": result.steps})
     summary["wall_time_s"] = time.perf_counter() - t0
     write_json_atomic(out / "summary.json", summary)
     return RunResult(out, summary["status"], summary, result.history, result.model)
@@ -359,9 +223,6 @@ def load_run_model(
     run_dir: str | Path, *, map_location: str = "cpu"
 ) -> tuple[torch.nn.Module, RunConfig]:
     """Rebuild a run's final model from ``checkpoint.pt`` and its ``config.yaml``."""
-    from catapults.config import config_from_dict
-    from catapults.models import build_model
-
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
     if not ckpt_path.is_file():
@@ -369,9 +230,11 @@ def load_run_model(
     ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
     cfg = config_from_dict(ckpt["config"])
     state = ckpt["model"]
-    weights = [v for k, v in state.items() if k.endswith("weight")]
-    in_dim, out_dim = weights[0].shape[1], weights[-1].shape[0]
-    dtype = weights[0].dtype
-    model = build_model(cfg.model, in_dim=in_dim, out_dim=out_dim, seed=0, dtype=dtype)
+    spec = ckpt.get("model_spec")
+    if spec is None:  # a run written before model specs were recorded: an MLP
+        weights = [v for k, v in state.items() if k.endswith("weight")]
+        spec = _spec_from_config(cfg, weights[0].shape[1], weights[-1].shape[0],
+                                 str(weights[0].dtype).removeprefix("torch."))
+    model = build_model(spec)
     model.load_state_dict(state)
     return model, cfg

@@ -80,7 +80,8 @@ from catapults.config import (
     read_yaml,
     set_dotted,
 )
-from catapults.runs import check_output_path, jsonable, write_text_atomic
+from catapults.storage.atomic import jsonable, write_text_atomic
+from catapults.storage.rundir import check_output_path, describe_error
 from catapults.training import Callback
 
 SWEEP_KEYS = ("name", "description", "base", "base_config", "grid", "trials", "seeds", "metrics",
@@ -356,7 +357,7 @@ def execute_trial(task: dict[str, Any], *, catch_interrupt: bool = True,
         return {"id": task["id"], "status": result.status, "summary": result.summary,
                 "error": None}
     except (Exception, KeyboardInterrupt) as err:
-        error = runs.describe_error(err)
+        error = describe_error(err)
         summary_path = out / "summary.json"
         summary = None
         if summary_path.is_file():  # run() wrote it (failed during training)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from catapults.detect import attribute_events, early_warning, find_catapults
-from catapults.training import Callback, TrainState
+from catapults.training.callbacks import Callback, TrainState
 
 
 def analyse_history(history: list[dict[str, Any]], *, ratio: float = 3.0, window: int = 20,
@@ -60,7 +60,7 @@ class EventsMonitor(Callback):
             "early_warning": self.result["early_warning"]}
 
     def write_artifacts(self, run_dir: str | Path, *, figures: bool = True) -> None:
-        from catapults.runs import write_json_atomic
+        from catapults.storage.atomic import write_json_atomic
 
         if self.result is None:
             return
@@ -71,7 +71,7 @@ class EventsMonitor(Callback):
             "early_warning": self.result["early_warning"],
             "events": [e.to_dict() for e in self.result["events"]]})
         if figures:
-            from catapults.reporting import plot_training
+            from catapults.plotting import plot_training
 
             plot_training(self.history, run_dir / "figures" / "events.png",
                           title=f"{self.result['count']} catapult(s) detected",

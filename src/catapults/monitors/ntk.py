@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from catapults import ntk
-from catapults.training import Callback, TrainState
+from catapults.training.callbacks import Callback, TrainState
 
 
 class NTKMonitor(Callback):
@@ -107,7 +107,7 @@ class NTKMonitor(Callback):
 
     def write_artifacts(self, run_dir: str | Path, *, figures: bool = True) -> None:
         if figures and self.rows:
-            from catapults.reporting import plot_loss_split, plot_spectrum
+            from catapults.plotting import plot_loss_split, plot_spectrum
 
             plot_loss_split(self.rows, Path(run_dir) / "figures" / "ntk_loss_split.png")
             plot_spectrum(self.rows, Path(run_dir) / "figures" / "ntk_spectrum.png",

@@ -6,13 +6,7 @@ describes ``θ_t`` (the loss of the batch used by update ``t``, the learning rat
 and whatever monitors measure before the update), so a row's ``loss`` and ``lr`` are the pair that
 decides whether update ``t`` is above the critical learning rate.
 
-Callbacks (monitors) see training through four hooks and never need the trainer to know them::
-
-    class Callback:
-        def on_train_begin(self, state): ...
-        def on_step_begin(self, state, X, y, record): ...   # model at θ_t; add keys to record
-        def on_step_end(self, state, record): ...           # model at θ_{t+1}
-        def on_train_end(self, state, summary): ...         # add final figures to summary
+Callbacks (:mod:`catapults.training.callbacks`) see each step without the trainer knowing them.
 """
 
 from __future__ import annotations
@@ -20,141 +14,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from catapults.config import ConfigError, ScheduleConfig, TrainConfig
-from catapults.data import Dataset
-
-
-# ---- losses ---------------------------------------------------------------------------------
-def mse_loss(output: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error over all ``n*c`` entries: ``torch.nn.MSELoss(reduction='mean')``."""
-    return F.mse_loss(output, target.reshape(output.shape), reduction="mean")
-
-
-def cross_entropy_loss(output: Tensor, target: Tensor) -> Tensor:
-    """Softmax cross-entropy for one-hot targets ``(n, c)``; logistic loss for +-1 targets."""
-    if output.shape[1] == 1:
-        return F.softplus(-target.reshape(output.shape) * output).mean()
-    return F.cross_entropy(output, target.argmax(1))
-
-
-def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    return {"mse": mse_loss, "cross_entropy": cross_entropy_loss}[name]
-
-
-def error_rate(output: Tensor, target: Tensor) -> float:
-    """Classification error: sign for +-1 targets (c = 1), argmax for one-hot targets."""
-    if output.shape[1] == 1:
-        pred = torch.where(output > 0, 1.0, -1.0)
-        return (pred != target.reshape(output.shape)).float().mean().item()
-    return (output.argmax(1) != target.argmax(1)).float().mean().item()
-
-
-# ---- schedules ------------------------------------------------------------------------------
-def make_schedule(
-    cfg: ScheduleConfig, base_lr: float, *, total_steps: int, steps_per_epoch: int = 1
-) -> Callable[[int], float]:
-    """A function ``step -> learning rate``.
-
-    'step': ``base_lr`` until ``milestones[0]``, then ``values[i]`` from ``milestones[i]`` on.
-    'warmup': linear ramp ``base_lr * (t+1)/W`` for ``t < W``, then ``base_lr``.
-    'cosine': the warm-up, then ``min_lr + (base_lr-min_lr)(1+cos(pi u))/2`` with u going 0 -> 1
-    over the remaining steps. Milestones and warm-up are in steps or epochs (``cfg.unit``).
-    """
-    mult = steps_per_epoch if cfg.unit == "epoch" else 1
-    warm = cfg.warmup * mult
-    milestones = [m * mult for m in cfg.milestones]
-    values = list(cfg.values)
-
-    def lr(step: int) -> float:
-        if cfg.kind == "step":
-            value = base_lr
-            for m, v in zip(milestones, values):
-                if step >= m:
-                    value = v
-        elif cfg.kind == "cosine":
-            span = max(total_steps - warm - 1, 1)
-            u = min(max(step - warm, 0) / span, 1.0)
-            value = cfg.min_lr + (base_lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * u))
-        else:
-            value = base_lr
-        if warm > 0 and step < warm:
-            value = value * (step + 1) / warm
-        return value
-
-    return lr
-
-
-def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """torch optimiser for ``cfg.optimizer`` ('gd' and 'sgd' are plain SGD; the batch differs)."""
-    if cfg.optimizer in ("gd", "sgd"):
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                            weight_decay=cfg.weight_decay)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without CUDA is a config error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' requested but CUDA is not available")
-    return torch.device(name)
-
-
-# ---- callbacks ------------------------------------------------------------------------------
-@dataclass
-class TrainState:
-    """What callbacks see. ``step``/``epoch``/``lr`` refer to the current update."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    data: Dataset
-    config: TrainConfig
-    loss_fn: Callable[[Tensor, Tensor], Tensor]
-    device: torch.device
-    total_steps: int
-    batch_size: int
-    step: int = 0
-    epoch: int = 0
-    lr: float = 0.0
-    batch_index: Tensor | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def full_batch(self) -> bool:
-        return self.batch_size >= self.data.X_train.shape[0]
-
-
-class Callback:
-    """Base class of monitors; override any hook. Hooks must not change the parameters."""
-
-    name = "callback"
-
-    def on_train_begin(self, state: TrainState) -> None:  # noqa: B027
-        pass
-
-    def on_step_begin(self, state: TrainState, X: Tensor, y: Tensor,
-                      record: dict[str, Any]) -> None:  # noqa: B027
-        pass
-
-    def on_step_end(self, state: TrainState, record: dict[str, Any]) -> None:  # noqa: B027
-        pass
-
-    def on_train_end(self, state: TrainState, summary: dict[str, Any]) -> None:  # noqa: B027
-        pass
-
-    def write_artifacts(self, run_dir, *, figures: bool = True) -> None:  # noqa: B027
-        """Write the monitor's files (and figures) into the run directory."""
+from catapults.curvature.spectrum import critical_lr
+from catapults.data.tasks import Dataset
+from catapults.errors import ConfigError
+from catapults.training.callbacks import Callback, TrainState
+from catapults.training.losses import evaluate, get_loss
+from catapults.training.optim import make_optimizer, resolve_device
+from catapults.training.schedules import make_schedule
 
 
 @dataclass
@@ -166,19 +38,6 @@ class TrainResult:
     model: nn.Module
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, X: Tensor, y: Tensor, loss_fn, *, classification: bool,
-             chunk: int = 8192) -> tuple[float, float | None]:
-    """(loss, error or None) of ``model`` on (X, y), in chunks of ``chunk`` samples."""
-    if X.shape[0] == 0:
-        return float("nan"), None
-    outs = [model(X[i:i + chunk]) for i in range(0, X.shape[0], chunk)]
-    out = torch.cat(outs)
-    loss = loss_fn(out, y).item()
-    return loss, (error_rate(out, y) if classification else None)
-
-
-# ---- the trainer ----------------------------------------------------------------------------
 class Trainer:
     """Train ``model`` on ``data`` as ``config`` says, reporting each step to ``callbacks`` and
     each metrics row to ``sink``.
@@ -193,7 +52,7 @@ class Trainer:
         self,
         model: nn.Module,
         data: Dataset,
-        config: TrainConfig,
+        config: Any,
         *,
         callbacks: Sequence[Callback] = (),
         sink: Callable[[dict[str, Any]], None] | None = None,
@@ -236,8 +95,6 @@ class Trainer:
         if not self._critical:
             return self.schedule(step)
         if step in self._critical:
-            from catapults.ntk import critical_lr
-
             X = self.data.X_train[:2048]
             self._critical_lr = self._critical[step] * critical_lr(self.model, X)
         base = self._critical_lr if self._critical_lr is not None else self.config.lr

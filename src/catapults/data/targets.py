@@ -20,6 +20,9 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
+from catapults.curvature.agop import agop
+from catapults.errors import TargetError
+
 NAMED_TARGETS: dict[str, str] = {
     "product2": "x1*x2",
     "product3": "x1*x2*x3",
@@ -41,10 +44,6 @@ _VAR = re.compile(r"^x([1-9][0-9]*)$")
 _MAX_LENGTH = 10_000  # characters in an expression
 _TOO_DEEP = "the expression is too deeply nested or too long"
 _N_PROBE = 512  # standard-normal points on which a parsed target must be finite
-
-
-class TargetError(ValueError):
-    """A target expression is malformed or refers to coordinates that do not exist."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +90,6 @@ class Target:
         poly = self.polynomial()
         if poly is not None:
             return _poly_agop(poly, self.d).to(dtype)
-        from catapults.agop import agop  # local import: agop depends on nothing here
-
         gen = torch.Generator().manual_seed(seed)
         X = torch.randn(n_mc, self.d, generator=gen, dtype=torch.float64)
         return agop(self, X).to(dtype)

@@ -1,9 +1,9 @@
-"""Models: fully connected networks in NTK or standard parameterisation (SPEC.md section 1).
+"""Dense layers in NTK or standard parameterisation (docs/conventions.md).
 
 NTK parameterisation: a dense layer computes ``W x / sqrt(fan_in) + beta * b`` with
 ``W, b ~ N(0, 1)``. Standard: PyTorch's default ``nn.Linear`` initialisation, no extra factor.
-Both are :class:`ScaledLinear` layers, which expose ``weight_scale`` and ``bias_scale`` so that
-the NTK engine can use its fast per-layer formula on them.
+:class:`ScaledLinear` exposes ``weight_scale`` and ``bias_scale`` and registers itself with the NTK
+engine's linear-layer rules, so the fast per-layer kernel formula applies to it.
 """
 
 from __future__ import annotations
@@ -13,17 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from catapults.config import ModelConfig
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "silu": nn.SiLU,
-    "softplus": nn.Softplus,
-    "identity": nn.Identity,
-}
+from catapults.curvature.ntk import register_linear_rule
 
 
 class ScaledLinear(nn.Module):
@@ -85,47 +75,4 @@ class ScaledLinear(nn.Module):
                 f"parameterization={self.parameterization!r}")
 
 
-class MLP(nn.Module):
-    """Fully connected network: flatten, then ``depth`` ScaledLinear layers with activations.
-
-    Input ``(n, ...)`` (flattened to ``(n, in_dim)``), output ``(n, out_dim)``.
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int = 1,
-        *,
-        width: int = 1024,
-        depth: int = 2,
-        activation: str = "relu",
-        bias: bool = False,
-        parameterization: str = "ntk",
-        bias_scale: float = 1.0,
-        seed: int | None = 0,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; one of {sorted(ACTIVATIONS)}")
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        dims = [in_dim] + [width] * (depth - 1) + [out_dim]
-        layers: list[nn.Module] = [nn.Flatten()]
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(ScaledLinear(a, b, bias=bias, parameterization=parameterization,
-                                       bias_scale=bias_scale, generator=gen, dtype=dtype))
-            if i < depth - 1:
-                layers.append(ACTIVATIONS[activation]())
-        self.net = nn.Sequential(*layers)
-        self.in_dim, self.out_dim = in_dim, out_dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
-def build_model(cfg: ModelConfig, *, in_dim: int, out_dim: int, seed: int,
-                dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The model described by the ``model`` config section (``out_dim`` unless overridden)."""
-    return MLP(in_dim, cfg.out_dim or out_dim, width=cfg.width, depth=cfg.depth,
-               activation=cfg.activation, bias=cfg.bias, parameterization=cfg.parameterization,
-               bias_scale=cfg.bias_scale, seed=seed, dtype=dtype)
+register_linear_rule(ScaledLinear, lambda mod: (mod.weight_scale, mod.bias_scale))

@@ -1,0 +1,104 @@
+"""What the kernel says: its top eigenpairs, the critical learning rate ``η_crit = n·c/λ_max(K)``
+and the top-eigenspace loss split ``L = L_top + L_rest`` (docs/conventions.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from catapults.curvature.checks import check_per_sample
+from catapults.curvature.ntk import empirical_ntk, ntk_matvec
+from catapults.errors import KernelError
+from catapults.linalg.eigen import eig_top
+
+
+def top_eigenpairs(
+    model: nn.Module,
+    X: Tensor,
+    k: int = 5,
+    *,
+    kind: str = "full",
+    method: str = "auto",
+    v0: Tensor | None = None,
+    tol: float = 1e-8,
+    max_dense: int = 6000,
+) -> tuple[Tensor, Tensor]:
+    """Top-``k`` eigenvalues (``(k,)``, descending) and eigenvectors (``(N, k)``) of the NTK.
+
+    Args:
+        kind: ``"full"`` (default, ``N = n·c``) or ``"trace"`` (``N = n``).
+        method: ``"dense"`` (form K, then eigh / Lanczos on it), ``"lanczos"`` (matrix-free:
+            ``K v = J(Jᵀv)``, never forming K or J; full kernel only), or ``"auto"`` (dense up to
+            ``max_dense`` rows).
+        v0: previous eigenvectors ``(N, k')`` to warm-start the iterative solvers.
+    """
+    n = X.shape[0]
+    if method == "auto":
+        with torch.no_grad():
+            c = model(X[:1]).reshape(1, -1).shape[1]
+        N = n * c if kind == "full" else n
+        method = "dense" if N <= max_dense else "lanczos"
+    if method == "dense":
+        return eig_top(empirical_ntk(model, X, kind=kind), k, v0=v0)
+    if method != "lanczos":
+        raise KernelError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
+    if kind != "full":
+        with torch.no_grad():
+            if model(X[:1]).reshape(1, -1).shape[1] > 1:
+                raise KernelError("the matrix-free solver works on the full kernel (kind='full')")
+    check_per_sample(model, X)
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    mv = ntk_matvec(model, X)
+    with torch.no_grad():
+        N = model(X).numel()
+    dev, dt = X.device, X.dtype
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(v)).to(device=dev, dtype=dt)
+        return mv(t).to("cpu", torch.float64).numpy()
+
+    op = LinearOperator((N, N), matvec=apply, matmat=apply, dtype=np.float64)
+    start = None
+    if v0 is not None and v0.shape[0] == N:
+        start = v0.detach().to("cpu", torch.float64).reshape(N, -1).sum(1).numpy()
+    vals, vecs = eigsh(op, k=min(k, N - 1), which="LA", v0=start, tol=tol)
+    order = np.argsort(vals)[::-1].copy()
+    return (torch.from_numpy(vals[order].copy()).to(device=dev, dtype=dt),
+            torch.from_numpy(vecs[:, order].copy()).to(device=dev, dtype=dt))
+
+
+def lambda_max(model: nn.Module, X: Tensor, *, kind: str = "full") -> float:
+    """The largest eigenvalue of the NTK on ``X``."""
+    vals, _ = top_eigenpairs(model, X, 1, kind=kind, method="dense")
+    return float(vals[0])
+
+
+def critical_lr(model: nn.Module, X: Tensor) -> float:
+    """``η_crit = n·c / λ_max(K)`` (full kernel): the critical GD learning rate of the mean-MSE
+    loss on ``X``, i.e. ``2 / λ_max`` of its Gauss-Newton Hessian. For a mini-batch ``X_B`` of
+    size ``b`` this is ``η_crit(B) = b·c / λ_max(K_B)``. Exact for models linear in θ."""
+    with torch.no_grad():
+        nc = model(X).numel()
+    return nc / lambda_max(model, X, kind="full")
+
+
+def split_from_eigvecs(residual: Tensor, U: Tensor) -> tuple[float, float, float]:
+    """``(L, L_top, L_rest)`` from a flattened residual ``r`` (``(n·c,)``) and orthonormal
+    eigenvectors ``U`` (``(n·c, s)``): ``L = |r|²/(nc)``, ``L_top = |Uᵀr|²/(nc)``."""
+    r = residual.reshape(-1)
+    N = r.numel()
+    L = float(r.pow(2).sum() / N)
+    top = float((U.T @ r).pow(2).sum() / N)
+    return L, top, L - top
+
+
+def loss_split(model: nn.Module, X: Tensor, y: Tensor, k: int) -> tuple[float, float, float]:
+    """``(L, L_top, L_rest)``: the mean-MSE loss on ``(X, y)`` and its parts inside and outside
+    the span of the top-``k`` eigenvectors of the full NTK (SPEC.md section 1). ``L_top +
+    L_rest = L`` exactly; ``L_rest >= 0``."""
+    _, U = top_eigenpairs(model, X, k, kind="full", method="dense")
+    with torch.no_grad():
+        r = (model(X) - y.reshape(X.shape[0], -1)).reshape(-1)
+    return split_from_eigvecs(r, U)

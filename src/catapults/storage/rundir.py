@@ -1,0 +1,166 @@
+"""Run directories: their layout, the marker that makes a directory a run, creating and replacing
+them safely, and reading their files.
+
+Layout::
+
+    RUN/.catapults-run   the marker that makes RUN a run directory (only those are replaced)
+    RUN/config.yaml      the fully resolved config (every field)
+    RUN/metrics.jsonl    one JSON object per logged step, appended and flushed during training
+    RUN/summary.json     status (completed | diverged | failed), final losses, wall time, monitors
+    RUN/figures/*.png    figures
+    RUN/checkpoint.pt    the final model (and, with checkpointing, everything to resume)
+
+An existing run directory is only replaced with ``overwrite=True``, and only if it holds the
+marker; the new run is created beside it and swapped in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from catapults.errors import ConfigError, RunExistsError
+from catapults.storage.atomic import jsonable, read_json_object, write_json_atomic
+
+
+def describe_error(err: BaseException) -> str:
+    """``'Type: message'`` for a run's summary; an interrupt says what it was."""
+    if isinstance(err, KeyboardInterrupt):
+        return "KeyboardInterrupt: stopped by Ctrl-C or SIGTERM"
+    return f"{type(err).__name__}: {err}"
+
+
+class MetricsFile:
+    """Append-only ``metrics.jsonl``: one strict-JSON object per line, flushed on every write."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fh = open(self.path, "a", buffering=1)
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (a torn last line, from a crash, is skipped)."""
+    rows = []
+    path = Path(run_dir) / "metrics.jsonl"
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any]:
+    """A run's ``summary.json``; :class:`ConfigError` naming the file if it is not an object."""
+    return read_json_object(Path(run_dir) / "summary.json")
+
+
+def check_output_path(path: str | Path, what: str, *, directory: bool = True) -> Path:
+    """Raise :class:`ConfigError` (naming ``what``) unless ``path`` can be written as an output
+    directory (or, with ``directory=False``, a file): not an existing file (directory), and its
+    nearest existing ancestor is a directory this process can write in. Writes nothing."""
+    p = Path(path)
+    if directory and p.exists() and not p.is_dir():
+        raise ConfigError(f"{what}: {p} exists and is not a directory")
+    if not directory and p.is_dir():
+        raise ConfigError(f"{what}: {p} is a directory")
+    anc = p if p.is_dir() else p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ConfigError(f"{what}: cannot create {p}: {anc} is not a directory")
+    try:  # as root os.access says yes to everything: try it
+        os.rmdir(tempfile.mkdtemp(prefix=".catapults-check-", dir=anc))
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot create {p}: {anc}: "
+                          f"{err.strerror or err}") from None
+    return p
+
+
+RUN_MARKER = ".catapults-run"
+"""The file that marks a directory as a run written by this toolkit. ``overwrite`` replaces
+only directories that hold it (never a directory that merely contains a ``config.yaml``)."""
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a run directory written by catapults (it holds :data:`RUN_MARKER`)."""
+    return (Path(path) / RUN_MARKER).is_file()
+
+
+def prepare_run_dir(out: str | Path, *, overwrite: bool) -> Path:
+    """Check that ``out`` may be written, else raise :class:`RunExistsError` (or
+    :class:`ConfigError`). Writes nothing.
+
+    ``out`` may be absent or an empty directory. An existing non-empty directory is replaced only
+    with ``overwrite=True`` and only if it is a run directory (:func:`is_run_dir`), and never
+    when it is the current directory or contains it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output.dir: {out} exists and is not a directory")
+    if not out.exists():
+        return out
+    here, target = Path.cwd().resolve(), out.resolve()
+    if target == here or target in here.parents:
+        raise ConfigError(f"output.dir: {out} is the current directory or contains it; "
+                          "overwrite replaces only run directories")
+    empty = not any(out.iterdir())
+    if empty:
+        return out
+    if not overwrite:
+        raise RunExistsError(
+            f"output.dir: {out} already exists (pass overwrite=True, or --overwrite on the "
+            "command line, to replace it)")
+    if not is_run_dir(out):
+        raise ConfigError(f"output.dir: {out} is not a run directory (it has no {RUN_MARKER} "
+                          "marker written by catapults), so overwrite will not delete it; "
+                          "choose another directory")
+    return out
+
+
+def create_run_dir(out: str | Path, *, overwrite: bool) -> Path:
+    """Create the run directory ``out`` holding :data:`RUN_MARKER`, after
+    :func:`prepare_run_dir`'s checks.
+
+    The new directory is made beside ``out`` (same parent) with its marker and only then swapped
+    in, so ``out`` is never a directory without a marker, and an old run is removed only once the
+    new one exists: a parent that cannot be written leaves the old run untouched. Raises
+    :class:`ConfigError` naming the directory on an OS error."""
+    out = prepare_run_dir(out, overwrite=overwrite)
+    old: Path | None = None
+    staging: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+        write_json_atomic(staging / RUN_MARKER, {"kind": "run", "created": time.time()})
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "run")
+        try:
+            os.replace(staging, out)
+        except OSError:
+            if old is not None:  # put the old run back
+                os.replace(old / "run", out)
+            raise
+        staging = None
+    except OSError as err:
+        raise ConfigError(f"output.dir: cannot create {out}: "
+                          f"{err.strerror or err}") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out

@@ -1,0 +1,66 @@
+"""The callback interface of the trainer: what a monitor sees, and when.
+
+Callbacks (monitors) see training through four hooks and never need the trainer to know them::
+
+    class Callback:
+        def on_train_begin(self, state): ...
+        def on_step_begin(self, state, X, y, record): ...   # model at θ_t; add keys to record
+        def on_step_end(self, state, record): ...           # model at θ_{t+1}
+        def on_train_end(self, state, summary): ...         # add final figures to summary
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from catapults.data.tasks import Dataset
+
+
+@dataclass
+class TrainState:
+    """What callbacks see. ``step``/``epoch``/``lr`` refer to the current update."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    data: Dataset
+    config: Any
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    device: torch.device
+    total_steps: int
+    batch_size: int
+    step: int = 0
+    epoch: int = 0
+    lr: float = 0.0
+    batch_index: Tensor | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size >= self.data.X_train.shape[0]
+
+
+class Callback:
+    """Base class of monitors; override any hook. Hooks must not change the parameters."""
+
+    name = "callback"
+
+    def on_train_begin(self, state: TrainState) -> None:  # noqa: B027
+        pass
+
+    def on_step_begin(self, state: TrainState, X: Tensor, y: Tensor,
+                      record: dict[str, Any]) -> None:  # noqa: B027
+        pass
+
+    def on_step_end(self, state: TrainState, record: dict[str, Any]) -> None:  # noqa: B027
+        pass
+
+    def on_train_end(self, state: TrainState, summary: dict[str, Any]) -> None:  # noqa: B027
+        pass
+
+    def write_artifacts(self, run_dir, *, figures: bool = True) -> None:  # noqa: B027
+        """Write the monitor's files (and figures) into the run directory."""
