@@ -5,10 +5,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from catapults import cli
 from catapults.config import config_from_dict
-from catapults.detect import early_warning, find_catapults
+from catapults.detect import Catapult, attribute_events, early_warning, find_catapults
 from catapults.runs import run
 from helpers import small_config
 
@@ -92,6 +93,173 @@ def test_bad_parameters():
         find_catapults([1.0], ratio=3, return_ratio=3)
 
 
+# ---- any sequence of numbers: lists, tuples, numpy arrays and scalars, torch tensors ----------
+def smooth_curve():
+    return trend(300)
+
+
+def spike_curve():
+    return add_spike(trend(300), 150, 10.0)
+
+
+# name -> (convert the float64 curve, relative tolerance of the losses after that conversion)
+FORMS = {
+    "tuple": (tuple, 1e-12),
+    "np.float16": (lambda x: np.asarray(x, dtype=np.float16), 1e-3),
+    "np.float32": (lambda x: np.asarray(x, dtype=np.float32), 1e-6),
+    "np.float64": (lambda x: np.asarray(x, dtype=np.float64), 1e-12),
+    "torch.float16": (lambda x: torch.tensor(x, dtype=torch.float16), 1e-3),
+    "torch.bfloat16": (lambda x: torch.tensor(x, dtype=torch.bfloat16), 1e-2),
+    "torch.float32": (lambda x: torch.tensor(x, dtype=torch.float32), 1e-6),
+    "torch.float64": (lambda x: torch.tensor(x, dtype=torch.float64), 1e-12),
+    "torch.float32 requires_grad": (
+        lambda x: torch.tensor(x, dtype=torch.float32, requires_grad=True), 1e-6),
+    "list of np.float32": (lambda x: [np.float32(v) for v in x], 1e-6),
+    "list of np.float16": (lambda x: [np.float16(v) for v in x], 1e-3),
+    "list of 0-d tensors": (lambda x: list(torch.tensor(x, dtype=torch.float32)), 1e-6),
+    "list of 0-d arrays": (lambda x: [np.array(v, dtype=np.float32) for v in x], 1e-6),
+}
+
+
+def assert_same_events(got, want, rel):
+    assert [(e.start, e.peak, e.end, e.trigger, e.recovered) for e in got] == \
+        [(e.start, e.peak, e.end, e.trigger, e.recovered) for e in want]
+    for g, w in zip(got, want):
+        assert type(g.baseline_loss) is float and type(g.peak_loss) is float
+        assert g.baseline_loss == pytest.approx(w.baseline_loss, rel=rel)
+        assert g.peak_loss == pytest.approx(w.peak_loss, rel=rel)
+
+
+def test_reference_curves():
+    assert find_catapults([float(v) for v in smooth_curve()]) == []
+    (ev,) = find_catapults([float(v) for v in spike_curve()])
+    assert ev.peak == 150 and ev.recovered and ev.start < 150 < ev.end
+
+
+@pytest.mark.parametrize("curve", [smooth_curve, spike_curve])
+@pytest.mark.parametrize("form", list(FORMS))
+def test_every_input_form_gives_the_same_events(curve, form):
+    """The defect: a float32 array or tensor gave a phantom divergence at step 0."""
+    series = curve()
+    convert, rel = FORMS[form]
+    want = find_catapults([float(v) for v in series])
+    got = find_catapults(convert(series))
+    assert_same_events(got, want, rel)
+    if curve is smooth_curve:
+        assert got == []
+
+
+@pytest.mark.parametrize("curve", [smooth_curve, spike_curve])
+def test_integer_series(curve):
+    ints = np.rint(curve() * 10_000).astype(np.int64)
+    want = find_catapults([float(v) for v in ints])
+    assert_same_events(find_catapults(ints.tolist()), want, 1e-12)  # Python ints
+    for form in (ints, ints.astype(np.int32), torch.tensor(ints), [np.int64(v) for v in ints]):
+        assert_same_events(find_catapults(form), want, 1e-12)
+    scaled = [10_000 * float(v) for v in curve()]  # rounding to integers moves no event
+    assert_same_events(want, find_catapults(scaled), 1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_tensor_series():
+    series = spike_curve()
+    want = find_catapults([float(v) for v in series])
+    assert_same_events(find_catapults(torch.tensor(series, device="cuda")), want, 1e-12)
+    assert_same_events(find_catapults(list(torch.tensor(series, device="cuda"))), want, 1e-12)
+
+
+@pytest.mark.parametrize("form", ["list None", "np.float32 nan", "torch inf", "0-d tensor nan"])
+def test_divergence_in_every_form(form):
+    series = list(trend(100))
+    series[50:52] = [series[49] * 10, series[49] * 1000]
+    bad = {"list None": None, "np.float32 nan": np.float32("nan"),
+           "torch inf": torch.tensor(float("inf")), "0-d tensor nan": torch.tensor(float("nan"))}
+    if form == "np.float32 nan":
+        series = np.array(series[:52] + [np.nan] + series[53:], dtype=np.float32)
+    else:
+        series[52] = bad[form]
+    (ev,) = find_catapults(series)
+    assert not ev.recovered and ev.end == 52 and ev.start <= 50 and math.isinf(ev.peak_loss)
+
+
+@pytest.mark.parametrize("bad", [np.ones((2, 50)), torch.ones(2, 50), np.ones((2, 50, 1))])
+def test_multidimensional_series_rejected(bad):
+    with pytest.raises(ValueError, match=r"losses must be one-dimensional, got shape \(2, 50"):
+        find_catapults(bad)
+
+
+@pytest.mark.parametrize("bad", [[[1.0, 2.0], [3.0, 4.0]], [1.0, torch.tensor([2.0])],
+                                 [1.0, np.array([2.0, 3.0])]])
+def test_nested_elements_rejected(bad):
+    with pytest.raises(ValueError, match=r"losses must be one-dimensional, but losses\[\d\]"):
+        find_catapults(bad)
+
+
+def test_string_element_names_its_index():
+    series = list(trend(10))
+    series[3] = "0.5"
+    with pytest.raises(TypeError, match=r"losses\[3\] is not a real number: '0.5'"):
+        find_catapults(series)
+    with pytest.raises(TypeError, match=r"losses\[0\] is not a real number"):
+        find_catapults(np.array(["1.0", "0.5"]))
+    with pytest.raises(TypeError, match=r"losses\[1\] is not a real number: 'oops'"):
+        find_catapults(np.array([1.0, "oops"], dtype=object))
+    with pytest.raises(TypeError, match="got a string"):
+        find_catapults("1.0 0.5")
+
+
+@pytest.mark.parametrize("bad", [[1.0, True, 0.5], np.array([True, False]),
+                                 torch.tensor([False, True]), [1.0, np.bool_(True)],
+                                 [torch.tensor(1.0), torch.tensor(True)]])
+def test_bools_are_not_losses(bad):
+    with pytest.raises(TypeError, match=r"losses\[\d\] is a bool"):
+        find_catapults(bad)
+
+
+@pytest.mark.parametrize("bad", [[1.0, 1 + 2j], np.array([1 + 2j]), [object()], 3.0])
+def test_other_non_numbers_rejected(bad):
+    with pytest.raises(TypeError, match="losses"):
+        find_catapults(bad)
+
+
+def _ntk_history(conv_float, conv_int):
+    rows = []
+    for s in range(0, 40, 2):
+        L = 6.0 if 10 <= s <= 20 else 1.0
+        rows.append({"step": conv_int(s), "lr": conv_float(0.5), "loss": L,
+                     "ntk/lambda": [conv_float(4.0 - s / 20), conv_float(1.0)],
+                     "ntk/eta_crit": conv_float(0.5), "ntk/critical_level": conv_float(2.0),
+                     "ntk/s": conv_int(1), "ntk/L": conv_float(L),
+                     "ntk/L_top": conv_float(L - 0.5), "ntk/L_rest": conv_float(0.5 + s / 100),
+                     "ntk/L_top_by_s": [conv_float(L - 0.5)]})
+    return rows
+
+
+@pytest.mark.parametrize("form", ["numpy", "torch", "numpy arrays"])
+def test_attribute_events_reads_numpy_and_torch_rows(form):
+    def attributed(history):
+        ev = Catapult(10, 14, 22, 1.0, 6.0, True, trigger=10)
+        attribute_events([ev], history)
+        return ev.info
+
+    want = attributed(_ntk_history(float, int))
+    assert {"top_share", "top_share_max", "top_share_by_s", "lambda_max_before",
+            "lambda_max_after", "L_rest_change", "lr"} <= set(want)
+    if form == "torch":
+        history = _ntk_history(torch.tensor, torch.tensor)
+    else:
+        history = _ntk_history(np.float32, np.int64)
+        if form == "numpy arrays":
+            for r in history:
+                r["ntk/lambda"] = np.array(r["ntk/lambda"])
+                r["ntk/L_top_by_s"] = np.array(r["ntk/L_top_by_s"])
+    got = attributed(history)
+    assert json.loads(json.dumps(got)).keys() == want.keys()  # plain Python values only
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-6), k
+    assert type(got["s"]) is int and type(got["top_share_step"]) is int
+
+
 def test_early_warning_scores():
     class E:
         def __init__(self, s):
@@ -100,6 +268,17 @@ def test_early_warning_scores():
     out = early_warning([10, 50, 52, 90], [E(12), E(55), E(200)], window=5, n_steps=300)
     assert out["precision"] == pytest.approx(3 / 4)  # 10->12, 50->55, 52->55; 90 misses
     assert out["recall"] == pytest.approx(2 / 3)
+    for flags in (np.array([10, 50, 52, 90]), torch.tensor([10, 50, 52, 90]),
+                  [np.int64(10), torch.tensor(50), 52, np.int32(90)]):
+        got = early_warning(flags, [E(12), E(55), E(200)], window=np.int64(5),
+                            n_steps=torch.tensor(300))
+        assert json.loads(json.dumps(got)) == got
+        assert got["flags"] == 4 and got["steps"] == 300 and got["window"] == 5
+        assert got["precision"] == pytest.approx(3 / 4) and got["recall"] == pytest.approx(2 / 3)
+    with pytest.raises(TypeError, match=r"flags\[1\]"):
+        early_warning([10, True], [], window=5, n_steps=300)
+    with pytest.raises(ValueError, match="flags must be one-dimensional"):
+        early_warning(np.ones((2, 2), dtype=int), [], window=5, n_steps=300)
 
 
 def test_gd_run_with_known_raises_gives_that_many_events(tmp_path):
