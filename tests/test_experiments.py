@@ -55,7 +55,7 @@ def test_reproduce_bad_experiment(capsys):
 
 def test_diverged_run_does_not_break_an_experiment(tmp_path, monkeypatch):
     """A raise far above the critical rate diverges: recorded, no AGOP, the figure still drawn."""
-    import catapults.experiments as ex
+    import catapults.experiments.gd_multi as ex  # _multi_runs looks _cfg up there
 
     make = ex._cfg
 
@@ -117,10 +117,11 @@ def test_real_experiment_runs_cifar_svhn_celeba_end_to_end(real_files, tmp_path,
     """The whole `real` experiment (gd-multi and batch-size runs, best-run reference AGOP,
     claims, figures) on CIFAR-10, SVHN and CelebA files, at the tiny size."""
     from catapults import experiments
+    from catapults.experiments import real
 
     tasks = {t["name"]: t for t in experiments._real_tasks("full")}
     small = [dict(tasks[name], n_train=48, n_test=10) for name in REAL]
-    monkeypatch.setattr(experiments, "_real_tasks", lambda size: small)
+    monkeypatch.setattr(real, "_real_tasks", lambda size: small)  # exp_real looks it up there
     res = experiments.exp_real(tmp_path / "out", "tiny")
     assert {c.id.split(":")[0] for c in res.claims} == {f"real-{n}" for n in REAL}
     assert len(res.figures) == 6 and all(Path(f).is_file() for f in res.figures)

@@ -96,7 +96,7 @@ def split_from_eigvecs(residual: Tensor, U: Tensor) -> tuple[float, float, float
 
 def loss_split(model: nn.Module, X: Tensor, y: Tensor, k: int) -> tuple[float, float, float]:
     """``(L, L_top, L_rest)``: the mean-MSE loss on ``(X, y)`` and its parts inside and outside
-    the span of the top-``k`` eigenvectors of the full NTK (SPEC.md section 1). ``L_top +
+    the span of the top-``k`` eigenvectors of the full NTK (docs/conventions.md). ``L_top +
     L_rest = L`` exactly; ``L_rest >= 0``."""
     _, U = top_eigenpairs(model, X, k, kind="full", method="dense")
     with torch.no_grad():
