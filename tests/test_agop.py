@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from references import fd_input_gradients
 from torch import nn
 
 from catapults.agop import (
@@ -28,23 +29,6 @@ from catapults.training import Trainer
 from helpers import small_config
 
 F64 = torch.float64
-
-
-def fd_input_gradients(f, X, h=1e-6):
-    """Central finite differences of f over each input coordinate: (n, c, d), float64.
-
-    Perturbing coordinate k of all samples at once is exact for per-sample f."""
-    n = X.shape[0]
-    flat = X.reshape(n, -1)
-    cols = []
-    with torch.no_grad():
-        for k in range(flat.shape[1]):
-            e = torch.zeros_like(flat)
-            e[:, k] = h
-            fp = f((flat + e).reshape(X.shape)).reshape(n, -1)
-            fm = f((flat - e).reshape(X.shape)).reshape(n, -1)
-            cols.append((fp - fm) / (2 * h))
-    return torch.stack(cols, dim=2)
 
 
 def agop_from_grads(G):

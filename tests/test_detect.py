@@ -305,9 +305,10 @@ def test_gd_run_with_known_raises_gives_that_many_events(tmp_path):
 
 def test_sgd_run_tracks_batch_critical_rates_and_early_warning(tmp_path):
     """Every SGD step records lambda_max(K_B) and eta_crit(B) of its own batch (checked against
-    an independent critical_lr of that batch at the same parameters), and the run scores the
-    early warning."""
-    from catapults.ntk import critical_lr
+    the float64 vmap(jacrev) reference critical rate of that batch at the same parameters), and
+    the run scores the early warning."""
+    from references import reference_critical_lr
+
     from catapults.training import Callback
 
     checked = []
@@ -316,7 +317,7 @@ def test_sgd_run_tracks_batch_critical_rates_and_early_warning(tmp_path):
         def on_step_begin(self, state, X, y, record):
             if state.step % 7 == 0:
                 checked.append((record["ntk/batch_eta_crit"],
-                                critical_lr(state.model, X.double().float())))
+                                reference_critical_lr(state.model, X)))
 
     cfg = small_config(
         train={"optimizer": "sgd", "batch_size": 8, "lr": 2.0, "steps": 60, "eval_every": 1},

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from references import dense_mse_hessian, reference_kernel
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from catapults.models import MLP
 from catapults.ntk import (
@@ -18,33 +18,6 @@ from catapults.ntk import (
     per_sample_jacobian,
     top_eigenpairs,
 )
-
-
-def fd_jacobian(model, X, h=1e-6):
-    """Central finite-difference Jacobian (n*c, p), sample-major rows, float64."""
-    theta = parameters_to_vector(model.parameters()).detach().clone()
-    cols = []
-    with torch.no_grad():
-        for k in range(theta.numel()):
-            e = torch.zeros_like(theta)
-            e[k] = h
-            vector_to_parameters(theta + e, model.parameters())
-            fp = model(X).reshape(-1)
-            vector_to_parameters(theta - e, model.parameters())
-            fm = model(X).reshape(-1)
-            cols.append((fp - fm) / (2 * h))
-        vector_to_parameters(theta, model.parameters())
-    return torch.stack(cols, 1)
-
-
-def reference_kernel(model, X, kind):
-    J = fd_jacobian(model, X)
-    K = J @ J.T
-    if kind == "trace":
-        n = X.shape[0]
-        c = K.shape[0] // n
-        K = K.view(n, c, n, c).diagonal(dim1=1, dim2=3).sum(-1)
-    return K
 
 
 @pytest.mark.parametrize("par", ["ntk", "standard"])
@@ -152,13 +125,7 @@ def test_critical_lr_equals_hessian_bound_for_linear_model():
     d, c, n = 6, 2, 20
     model = nn.Linear(d, c).double()  # linear in its parameters
     X, y = torch.randn(n, d, dtype=torch.float64), torch.randn(n, c, dtype=torch.float64)
-    params = parameters_to_vector(model.parameters()).detach()
-
-    def loss(theta):
-        W, b = theta[: d * c].view(c, d), theta[d * c:]
-        return ((X @ W.T + b - y) ** 2).mean()
-
-    H = torch.autograd.functional.hessian(loss, params)
+    H = dense_mse_hessian(model, X, y)
     assert critical_lr(model, X) == pytest.approx(2 / torch.linalg.eigvalsh(H)[-1].item(),
                                                   rel=1e-10)
 

@@ -21,12 +21,12 @@ from catapults.curvature import agop as agop_lib
 from catapults.curvature.agop import Matrix
 from catapults.data import Dataset, make_dataset
 from catapults.errors import ConfigError
+from catapults.loggers import JSONLinesLogger, Logger, TensorBoardLogger
 from catapults.models import build_model
 from catapults.monitors import AGOPMonitor, EventsMonitor, NTKMonitor
 from catapults.plotting import plot_training
 from catapults.storage.atomic import save_torch_atomic, write_json_atomic, write_text_atomic
 from catapults.storage.rundir import (
-    MetricsFile,
     create_run_dir,
     describe_error,
     prepare_run_dir,
@@ -155,6 +155,8 @@ def _build(config: RunConfig, *, callbacks: list | None = None, progress: bool |
         raise ConfigError(f"model.out_dim: {config.model.out_dim} does not match the targets' "
                           f"dimension {data.out_dim}")
     model = build_model(model_spec(config, data))
+    if config.output.tensorboard:
+        TensorBoardLogger.check_available()
     monitors = build_monitors(config, data) + list(callbacks or [])
     show = config.output.progress if progress is None else progress
     trainer = Trainer(model, data, config.train, callbacks=monitors, progress=show, device=device)
@@ -169,10 +171,29 @@ def check_config(config: RunConfig, *, cache: dict | None = None) -> None:
     _build(config, progress=False, cache=cache)
 
 
+def make_loggers(config: RunConfig, out: Path, extra: list[Logger] | None = None,
+                 *, purge_step: int | None = None) -> list[Logger]:
+    """The run's loggers: ``metrics.jsonl`` always, TensorBoard event files under
+    ``out/tensorboard`` with ``output.tensorboard``, then ``extra`` (the caller's own)."""
+    loggers: list[Logger] = [JSONLinesLogger(out / "metrics.jsonl")]
+    if config.output.tensorboard:
+        loggers.append(TensorBoardLogger(out / "tensorboard", purge_step=purge_step))
+    return loggers + list(extra or [])
+
+
+def _close(loggers: list[Logger]) -> None:
+    for lg in loggers:
+        lg.close()
+
+
 def run(config: RunConfig, *, out_dir: str | Path | None = None,
         overwrite: bool | None = None, callbacks: list | None = None,
-        progress: bool | None = None) -> RunResult:
+        loggers: list[Logger] | None = None, progress: bool | None = None) -> RunResult:
     """Train as ``config`` says and write a run directory. The Python face of ``catapults run``.
+
+    ``callbacks`` are extra monitors (:class:`catapults.training.Callback`); ``loggers`` extra
+    :class:`catapults.loggers.Logger` objects that receive every logged row besides the run's
+    own ``metrics.jsonl`` (and TensorBoard files with ``output.tensorboard``).
 
     Everything that can be validated (output directory, data, model, monitors) is checked before
     the first file is written. A training crash leaves ``summary.json`` with status ``failed``
@@ -190,18 +211,17 @@ def run(config: RunConfig, *, out_dir: str | Path | None = None,
     resolved = config.to_dict()
     resolved["output"]["dir"] = str(out)
     write_text_atomic(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    metrics = MetricsFile(out / "metrics.jsonl")
-    trainer.sink = metrics
+    trainer.loggers = make_loggers(config, out, loggers)
     try:
         result = trainer.fit()
     except BaseException as err:
-        metrics.close()
+        _close(trainer.loggers)
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         write_json_atomic(out / "summary.json", {
             "status": "failed", "reason": status, "error": describe_error(err),
             "wall_time_s": time.perf_counter() - t0})
         raise
-    metrics.close()
+    _close(trainer.loggers)
     summary = dict(result.summary)
     summary["device"] = str(device)
     if config.output.figures:

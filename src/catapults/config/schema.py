@@ -280,6 +280,9 @@ class OutputConfig(_Section):
     overwrite: bool = Field(False, description="Replace an existing run directory.")
     figures: bool = Field(True, description="Write figures/*.png at the end.")
     checkpoint: bool = Field(True, description="Write checkpoint.pt at the end.")
+    tensorboard: bool = Field(
+        False, description="Also write the metrics as TensorBoard event files under "
+        "RUN/tensorboard (needs the tensorboard package).")
     progress: bool = Field(True, description="Show a progress bar.")
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from catapults.curvature import agop as agop_lib
 from catapults.curvature.agop import FactoredAGOP, Matrix
 from catapults.errors import ConfigError
-from catapults.training.callbacks import Callback, TrainState
+from catapults.training.callbacks import Callback, StepContext
 
 
 class AGOPMonitor(Callback):
@@ -92,8 +92,8 @@ class AGOPMonitor(Callback):
                                         chunk_size=self.chunk_size, check=check)
         return self._align(G)
 
-    def on_train_begin(self, state: TrainState) -> None:
-        dtype = state.data.X_train.dtype
+    def on_train_begin(self, state: StepContext) -> None:
+        dtype = state.dtype
         self.X = self.X.to(state.device, dtype)
         self.reference = self.reference.to(state.device, dtype)
         self._ref_sqrt = None
@@ -102,14 +102,14 @@ class AGOPMonitor(Callback):
         except agop_lib.AGOPError as err:
             raise agop_lib.AGOPError(f"monitor.agop: {err}") from None
 
-    def on_step_begin(self, state: TrainState, X: Tensor, y: Tensor,
+    def on_step_begin(self, state: StepContext, X: Tensor, y: Tensor,
                       record: dict[str, Any]) -> None:
         if state.step % self.every == 0:
             rho = self.measure(state.model)
             record["agop/alignment"] = rho
             self.rows.append({"step": state.step, "agop/alignment": rho})
 
-    def on_train_end(self, state: TrainState, summary: dict[str, Any]) -> None:
+    def on_train_end(self, state: StepContext, summary: dict[str, Any]) -> None:
         model = state.model
         d = int(self.X[0].numel())
         grads = agop_lib.input_gradients(model, self.X, chunk_size=self.chunk_size, check=False)

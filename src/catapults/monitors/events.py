@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from catapults.detect import attribute_events, early_warning, find_catapults
-from catapults.training.callbacks import Callback, TrainState
+from catapults.training.callbacks import Callback, StepContext
 
 
 def analyse_history(history: list[dict[str, Any]], *, ratio: float = 3.0, window: int = 20,
@@ -52,7 +52,7 @@ class EventsMonitor(Callback):
         self.result: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
 
-    def on_train_end(self, state: TrainState, summary: dict[str, Any]) -> None:
+    def on_train_end(self, state: StepContext, summary: dict[str, Any]) -> None:
         self.history = state.history
         self.result = analyse_history(state.history, **self.kw)
         summary["monitors"]["events"] = {

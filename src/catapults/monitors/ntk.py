@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from catapults import ntk
-from catapults.training.callbacks import Callback, TrainState
+from catapults.training.callbacks import Callback, StepContext
 
 
 class NTKMonitor(Callback):
@@ -34,17 +34,19 @@ class NTKMonitor(Callback):
 
     name = "ntk"
 
-    def __init__(self, X: Tensor, y: Tensor, *, k: int = 5, every: int = 10,
+    def __init__(self, X: Tensor | None, y: Tensor | None, *, k: int = 5, every: int = 10,
                  s: int | None = None, batch: bool = True, method: str = "auto",
                  max_dense: int = 6000) -> None:
         if method not in ("auto", "dense", "lanczos"):
             raise ValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
-        self.X, self.y = X, y.reshape(X.shape[0], -1)
+        if (X is None) != (y is None):
+            raise ValueError("give both X and y of the probe set, or neither")
+        self.X, self.y = X, (None if y is None or X is None else y.reshape(X.shape[0], -1))
         self.k, self.every, self.s = k, every, s
         self.batch = batch
         # the full kernel is (n*c) x (n*c): formed densely up to max_dense rows, else matrix-free
         if method == "auto":
-            method = "dense" if self.y.numel() <= max_dense else "lanczos"
+            method = "dense" if self.y is None or self.y.numel() <= max_dense else "lanczos"
         self.method = method
         self._vecs: Tensor | None = None
         self.rows: list[dict[str, Any]] = []
@@ -74,26 +76,29 @@ class NTKMonitor(Callback):
                 "ntk/s": s, "ntk/L": L, "ntk/L_top": L_top, "ntk/L_rest": L_rest,
                 "ntk/L_top_by_s": by_s}
 
-    def on_train_begin(self, state: TrainState) -> None:
+    def on_train_begin(self, state: StepContext) -> None:
+        if self.X is None or self.y is None:
+            return
         ntk.check_per_sample(state.model, self.X.to(state.device))
-        self.X, self.y = self.X.to(state.device, state.data.X_train.dtype), self.y.to(
-            state.device, state.data.X_train.dtype)
+        self.X, self.y = self.X.to(state.device, state.dtype), self.y.to(
+            state.device, state.dtype)
 
-    def on_step_begin(self, state: TrainState, X: Tensor, y: Tensor,
+    def on_step_begin(self, state: StepContext, X: Tensor, y: Tensor,
                       record: dict[str, Any]) -> None:
-        if self.batch and not state.full_batch and state.lr > 0:
+        if self.batch and not state.full_batch and state.lr > 0 and X is not None:
             Kb = ntk.empirical_ntk(state.model, X, kind="full", check=False)
             lam_b = float(torch.linalg.eigvalsh(Kb)[-1])
             row = {"ntk/batch_lambda_max": lam_b, "ntk/batch_eta_crit": Kb.shape[0] / lam_b}
             record.update(row)
             self.batch_rows.append({"step": state.step, "lr": state.lr, **row})
-        if state.step % self.every == 0 and state.lr > 0:
+        if self.X is not None and state.step % self.every == 0 and state.lr > 0:
             row = self.measure(state.model, state.lr)
             record.update(row)
             self.rows.append({"step": state.step, "lr": state.lr, **row})
 
-    def on_train_end(self, state: TrainState, summary: dict[str, Any]) -> None:
-        out: dict[str, Any] = {"probe_size": int(self.X.shape[0]), "measurements": len(self.rows)}
+    def on_train_end(self, state: StepContext, summary: dict[str, Any]) -> None:
+        out: dict[str, Any] = {"probe_size": 0 if self.X is None else int(self.X.shape[0]),
+                               "measurements": len(self.rows)}
         if self.rows:
             out["initial_lambda"] = self.rows[0]["ntk/lambda"]
             out["final_lambda"] = self.rows[-1]["ntk/lambda"]

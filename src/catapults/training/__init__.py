@@ -5,7 +5,7 @@
 attributes: this layer does not import the config schema.
 """
 
-from catapults.training.callbacks import Callback, TrainState
+from catapults.training.callbacks import Callback, StepContext, TrainState
 from catapults.training.loop import Trainer, TrainResult
 from catapults.training.losses import (
     cross_entropy_loss,
@@ -17,6 +17,6 @@ from catapults.training.losses import (
 from catapults.training.optim import make_optimizer, resolve_device
 from catapults.training.schedules import make_schedule
 
-__all__ = ["Callback", "TrainResult", "TrainState", "Trainer", "cross_entropy_loss",
+__all__ = ["Callback", "StepContext", "TrainResult", "TrainState", "Trainer", "cross_entropy_loss",
            "error_rate", "evaluate", "get_loss", "make_optimizer", "make_schedule", "mse_loss",
            "resolve_device"]

@@ -22,26 +22,34 @@ from catapults.data.tasks import Dataset
 
 
 @dataclass
-class TrainState:
-    """What callbacks see. ``step``/``epoch``/``lr`` refer to the current update."""
+class StepContext:
+    """What a monitor sees of training: the model and optimizer, where tensors live, and the
+    current update (``step``, ``epoch`` and the learning rate ``lr`` of update ``step``; the
+    model is at θ_step in ``on_step_begin``). ``history`` holds the metrics rows so far.
+    Monitors rely on these fields only, so they work in the trainer, in :func:`catapults.watch`
+    and in the Lightning callback alike."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
-    data: Dataset
-    config: Any
-    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    optimizer: torch.optim.Optimizer | None
     device: torch.device
-    total_steps: int
-    batch_size: int
+    dtype: torch.dtype
+    full_batch: bool
     step: int = 0
     epoch: int = 0
     lr: float = 0.0
-    batch_index: Tensor | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def full_batch(self) -> bool:
-        return self.batch_size >= self.data.X_train.shape[0]
+
+@dataclass
+class TrainState(StepContext):
+    """The trainer's context: a :class:`StepContext` plus the trainer's data and settings."""
+
+    data: Dataset | None = None
+    config: Any = None
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+    total_steps: int = 0
+    batch_size: int = 0
+    batch_index: Tensor | None = None
 
 
 class Callback:
@@ -49,17 +57,17 @@ class Callback:
 
     name = "callback"
 
-    def on_train_begin(self, state: TrainState) -> None:  # noqa: B027
+    def on_train_begin(self, state: StepContext) -> None:  # noqa: B027
         pass
 
-    def on_step_begin(self, state: TrainState, X: Tensor, y: Tensor,
+    def on_step_begin(self, state: StepContext, X: Tensor, y: Tensor,
                       record: dict[str, Any]) -> None:  # noqa: B027
         pass
 
-    def on_step_end(self, state: TrainState, record: dict[str, Any]) -> None:  # noqa: B027
+    def on_step_end(self, state: StepContext, record: dict[str, Any]) -> None:  # noqa: B027
         pass
 
-    def on_train_end(self, state: TrainState, summary: dict[str, Any]) -> None:  # noqa: B027
+    def on_train_end(self, state: StepContext, summary: dict[str, Any]) -> None:  # noqa: B027
         pass
 
     def write_artifacts(self, run_dir, *, figures: bool = True) -> None:  # noqa: B027

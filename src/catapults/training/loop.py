@@ -20,9 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from catapults import metrics
 from catapults.curvature.spectrum import critical_lr
 from catapults.data.tasks import Dataset
 from catapults.errors import ConfigError
+from catapults.loggers import Logger
 from catapults.training.callbacks import Callback, TrainState
 from catapults.training.losses import evaluate, get_loss
 from catapults.training.optim import make_optimizer, resolve_device
@@ -55,6 +57,7 @@ class Trainer:
         config: Any,
         *,
         callbacks: Sequence[Callback] = (),
+        loggers: Sequence[Logger] = (),
         sink: Callable[[dict[str, Any]], None] | None = None,
         progress: bool = False,
         device: torch.device | str | None = None,
@@ -65,7 +68,8 @@ class Trainer:
         self.model = model.to(device=self.device, dtype=dtype)
         self.data = data.to(self.device, dtype)
         self.callbacks = list(callbacks)
-        self.sink = sink
+        self.loggers = list(loggers)
+        self.sink = sink  # a plain callable taking rows, besides the loggers
         self.progress = progress
         if config.loss == "cross_entropy" and data.task != "classification":
             raise ConfigError("train.loss: 'cross_entropy' needs a classification data set")
@@ -119,8 +123,11 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg, data = self.config, self.data
         classification = data.task == "classification"
-        state = TrainState(self.model, self.optimizer, data, cfg, self.loss_fn, self.device,
-                           self.total_steps, self.batch_size)
+        state = TrainState(
+            model=self.model, optimizer=self.optimizer, device=self.device,
+            dtype=data.X_train.dtype, full_batch=self.batch_size >= data.X_train.shape[0],
+            data=data, config=cfg, loss_fn=self.loss_fn, total_steps=self.total_steps,
+            batch_size=self.batch_size)
         for cb in self.callbacks:
             cb.on_train_begin(state)
         bar = None
@@ -238,8 +245,11 @@ class Trainer:
     def _emit(self, state: TrainState, record: dict[str, Any], *, force: bool = False) -> None:
         """Keep every row in memory; write rows on log_every, evaluations and monitor output."""
         state.history.append(record)
-        if self.sink is None:
+        if not self.loggers and self.sink is None:
             return
-        if (force or record["step"] % self.config.log_every == 0 or "test_loss" in record
-                or any("/" in key for key in record)):
-            self.sink(record)
+        if (force or record[metrics.STEP] % self.config.log_every == 0
+                or metrics.TEST_LOSS in record or metrics.has_measurement(record)):
+            for lg in self.loggers:
+                lg.log(record)
+            if self.sink is not None:
+                self.sink(record)
