@@ -33,6 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from catapults import metrics
+
 
 @dataclass
 class Catapult:
@@ -254,42 +256,44 @@ def attribute_events(events: list[Catapult], history: Sequence[dict[str, Any]]) 
     """
     history = [_plain_row(r) for r in history]
     by_step = {r["step"]: r for r in history}
-    ntk_rows = [r for r in history if r.get("ntk/lambda")]
+    ntk_rows = [r for r in history if r.get(metrics.NTK_LAMBDA)]
     for ev in events:
         info = ev.info
         trig = by_step.get(ev.trigger) or by_step.get(ev.start) or {}
         info["lr"] = trig.get("lr")
         if not ntk_rows:
             continue
-        inside = [r for r in ntk_rows if ev.start <= r["step"] <= ev.end and _finite(r["ntk/L"])]
-        at_peak = (max(inside, key=lambda r: r["ntk/L"]) if inside else
+        inside = [r for r in ntk_rows
+                  if ev.start <= r["step"] <= ev.end and _finite(r[metrics.NTK_L])]
+        at_peak = (max(inside, key=lambda r: r[metrics.NTK_L]) if inside else
                    _nearest(ntk_rows, ev.peak))
         before = _nearest(ntk_rows, ev.start, before=True)
         after = _nearest(ntk_rows, ev.end, before=False) if ev.recovered else None
-        shares = [r["ntk/L_top"] / r["ntk/L"] for r in inside
-                  if _finite(r.get("ntk/L_top")) and r["ntk/L"] > 0]
+        shares = [r[metrics.NTK_L_TOP] / r[metrics.NTK_L] for r in inside
+                  if _finite(r.get(metrics.NTK_L_TOP)) and r[metrics.NTK_L] > 0]
         if shares:
             info["top_share_max"] = max(shares)
-        if at_peak and at_peak.get("ntk/L_top_by_s") and _finite(at_peak.get("ntk/L")) \
-                and at_peak["ntk/L"] > 0:
-            info["top_share_by_s"] = [v / at_peak["ntk/L"] for v in at_peak["ntk/L_top_by_s"]]
-        if at_peak and _finite(at_peak.get("ntk/L")) and at_peak["ntk/L"] > 0:
-            info["top_share"] = at_peak["ntk/L_top"] / at_peak["ntk/L"]
+        if at_peak and at_peak.get(metrics.NTK_L_TOP_BY_S) and _finite(at_peak.get(metrics.NTK_L)) \
+                and at_peak[metrics.NTK_L] > 0:
+            info["top_share_by_s"] = [v / at_peak[metrics.NTK_L]
+                                      for v in at_peak[metrics.NTK_L_TOP_BY_S]]
+        if at_peak and _finite(at_peak.get(metrics.NTK_L)) and at_peak[metrics.NTK_L] > 0:
+            info["top_share"] = at_peak[metrics.NTK_L_TOP] / at_peak[metrics.NTK_L]
             info["top_share_step"] = at_peak["step"]
-            info["s"] = at_peak.get("ntk/s")
+            info["s"] = at_peak.get(metrics.NTK_S)
         if before:
-            info["lambda_max_before"] = before["ntk/lambda"][0]
-            info["eta_crit_before"] = before["ntk/eta_crit"]
-            info["critical_level"] = before["ntk/critical_level"]
-            info["L_rest_before"] = before["ntk/L_rest"]
+            info["lambda_max_before"] = before[metrics.NTK_LAMBDA][0]
+            info["eta_crit_before"] = before[metrics.NTK_ETA_CRIT]
+            info["critical_level"] = before[metrics.NTK_CRITICAL_LEVEL]
+            info["L_rest_before"] = before[metrics.NTK_L_REST]
         if after:
-            info["lambda_max_after"] = after["ntk/lambda"][0]
-            info["eta_crit_after"] = after["ntk/eta_crit"]
-            info["L_rest_after"] = after["ntk/L_rest"]
+            info["lambda_max_after"] = after[metrics.NTK_LAMBDA][0]
+            info["eta_crit_after"] = after[metrics.NTK_ETA_CRIT]
+            info["L_rest_after"] = after[metrics.NTK_L_REST]
         if before and after:
-            info["L_rest_change"] = after["ntk/L_rest"] - before["ntk/L_rest"]
-        if "ntk/batch_eta_crit" in trig:
-            info["batch_eta_crit"] = trig["ntk/batch_eta_crit"]
+            info["L_rest_change"] = after[metrics.NTK_L_REST] - before[metrics.NTK_L_REST]
+        if metrics.NTK_BATCH_ETA_CRIT in trig:
+            info["batch_eta_crit"] = trig[metrics.NTK_BATCH_ETA_CRIT]
 
 
 def _step(v: Any, what: str) -> int | float:

@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from catapults import metrics
 from catapults.curvature.agop import FactoredAGOP, Matrix
 from catapults.storage.atomic import save_figure_atomic
 
@@ -90,9 +91,9 @@ def plot_loss_split(rows: Sequence[dict[str, Any]], path: str | Path | None = No
                     events: Sequence[Any] = (), ax: Axes | None = None) -> Figure:
     """The probe loss L with its top-eigenspace part L_top and the rest L_rest (log scale)."""
     fig, ax = _axes(ax, figsize=(8, 4.5))
-    for key, label, color in [("ntk/L", "L (probe set)", "C0"),
-                              ("ntk/L_top", "L_top (top-s eigenspace)", "C3"),
-                              ("ntk/L_rest", "L_rest", "C2")]:
+    for key, label, color in [(metrics.NTK_L, "L (probe set)", "C0"),
+                              (metrics.NTK_L_TOP, "L_top (top-s eigenspace)", "C3"),
+                              (metrics.NTK_L_REST, "L_rest", "C2")]:
         x, y = _series(rows, key)
         ax.plot(x, [max(v, 1e-16) for v in y], label=label, color=color, lw=1.1)
     for ev in events:
@@ -110,16 +111,16 @@ def plot_spectrum(rows: Sequence[dict[str, Any]], path: str | Path | None = None
     """λ_1..λ_k of the NTK against the critical level n·c/η (dashed); batch λ_max if tracked."""
     fig, ax = _axes(ax, figsize=(8, 4.5))
     steps = [r["step"] for r in rows]
-    lam = [r["ntk/lambda"] for r in rows]
+    lam = [r[metrics.NTK_LAMBDA] for r in rows]
     k = max(len(v) for v in lam)
     for i in range(k):
         ax.plot(steps, [v[i] if i < len(v) else float("nan") for v in lam], lw=1.1,
                 label=f"λ_{i + 1}", color=colormaps['viridis'](i / max(k - 1, 1)))
-    ax.plot(steps, [r["ntk/critical_level"] for r in rows], "k--", lw=1.0,
+    ax.plot(steps, [r[metrics.NTK_CRITICAL_LEVEL] for r in rows], "k--", lw=1.0,
             label="critical level n·c/η")
     if batch_rows:
         bs = [r["step"] for r in batch_rows]
-        ax.plot(bs, [r["ntk/batch_lambda_max"] for r in batch_rows], lw=0.5, alpha=0.5,
+        ax.plot(bs, [r[metrics.NTK_BATCH_LAMBDA_MAX] for r in batch_rows], lw=0.5, alpha=0.5,
                 color="C1", label="λ_max(K_B) (batch)")
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -177,8 +178,8 @@ def plot_agop(G: Tensor, path: str | Path | None = None, *, reference: Matrix | 
 def plot_alignment(rows: list[dict[str, Any]], path: str | Path | None = None, *,
                    centered: bool = False, sqrt: bool = False, ax: Axes | None = None) -> Figure:
     """AGOP alignment against step."""
-    pts = [(r["step"], r["agop/alignment"]) for r in rows
-           if r["agop/alignment"] is not None and math.isfinite(r["agop/alignment"])]
+    pts = [(r["step"], r[metrics.AGOP_ALIGNMENT]) for r in rows
+           if r[metrics.AGOP_ALIGNMENT] is not None and math.isfinite(r[metrics.AGOP_ALIGNMENT])]
     fig, ax = _axes(ax, figsize=(7, 4))
     if pts:
         xs, ys = zip(*pts)

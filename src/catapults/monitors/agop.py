@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from catapults import metrics
 from catapults.curvature import agop as agop_lib
 from catapults.curvature.agop import FactoredAGOP, Matrix
 from catapults.errors import ConfigError
@@ -106,8 +107,8 @@ class AGOPMonitor(Callback):
                       record: dict[str, Any]) -> None:
         if state.step % self.every == 0:
             rho = self.measure(state.model)
-            record["agop/alignment"] = rho
-            self.rows.append({"step": state.step, "agop/alignment": rho})
+            record[metrics.AGOP_ALIGNMENT] = rho
+            self.rows.append({"step": state.step, metrics.AGOP_ALIGNMENT: rho})
 
     def on_train_end(self, state: StepContext, summary: dict[str, Any]) -> None:
         model = state.model
@@ -121,8 +122,8 @@ class AGOPMonitor(Callback):
             self.final_agop = G.matrix().detach().cpu()
             self.final_eigenvalues = G.eigenvalues(self.top_k).detach().cpu()
         if not self.rows or self.rows[-1]["step"] != state.step:
-            self.rows.append({"step": int(state.step), "agop/alignment": rho, "final": True})
-        values = [r["agop/alignment"] for r in self.rows]
+            self.rows.append({"step": int(state.step), metrics.AGOP_ALIGNMENT: rho, "final": True})
+        values = [r[metrics.AGOP_ALIGNMENT] for r in self.rows]
         self.summary = {
             "initial_alignment": values[0],
             "final_alignment": rho,

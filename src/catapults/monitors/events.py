@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from catapults import metrics
 from catapults.detect import attribute_events, early_warning, find_catapults
 from catapults.training.callbacks import Callback, StepContext
 
@@ -27,10 +28,11 @@ def analyse_history(history: list[dict[str, Any]], *, ratio: float = 3.0, window
         ev.start, ev.peak, ev.end, ev.trigger = (steps[ev.start], steps[ev.peak], steps[ev.end],
                                                  steps[ev.trigger])
     attribute_events(events, history)
-    flagged = [r["step"] for r in history
-               if r.get("ntk/batch_eta_crit") is not None and r["lr"] > r["ntk/batch_eta_crit"]]
+    flagged = [r[metrics.STEP] for r in history
+               if r.get(metrics.NTK_BATCH_ETA_CRIT) is not None
+               and r[metrics.LR] > r[metrics.NTK_BATCH_ETA_CRIT]]
     warn = None
-    if any("ntk/batch_eta_crit" in r for r in history):
+    if any(metrics.NTK_BATCH_ETA_CRIT in r for r in history):
         warn = early_warning(flagged, events, window=warning_window, n_steps=len(rows))
     return {"events": events, "count": len(events),
             "recovered": sum(e.recovered for e in events), "early_warning": warn,

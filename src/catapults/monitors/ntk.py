@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from catapults import ntk
+from catapults import metrics, ntk
 from catapults.training.callbacks import Callback, StepContext
 
 
@@ -72,9 +72,10 @@ class NTKMonitor(Callback):
         L, L_top, L_rest = ntk.split_from_eigvecs(r, vecs[:, :s])
         lam = [float(v) for v in vals]
         by_s = ((vecs.T @ r).pow(2).cumsum(0) / nc).tolist()  # L_top for s = 1..k
-        return {"ntk/lambda": lam, "ntk/eta_crit": nc / lam[0], "ntk/critical_level": level,
-                "ntk/s": s, "ntk/L": L, "ntk/L_top": L_top, "ntk/L_rest": L_rest,
-                "ntk/L_top_by_s": by_s}
+        return {metrics.NTK_LAMBDA: lam, metrics.NTK_ETA_CRIT: nc / lam[0],
+                metrics.NTK_CRITICAL_LEVEL: level, metrics.NTK_S: s, metrics.NTK_L: L,
+                metrics.NTK_L_TOP: L_top, metrics.NTK_L_REST: L_rest,
+                metrics.NTK_L_TOP_BY_S: by_s}
 
     def on_train_begin(self, state: StepContext) -> None:
         if self.X is None or self.y is None:
@@ -88,7 +89,8 @@ class NTKMonitor(Callback):
         if self.batch and not state.full_batch and state.lr > 0 and X is not None:
             Kb = ntk.empirical_ntk(state.model, X, kind="full", check=False)
             lam_b = float(torch.linalg.eigvalsh(Kb)[-1])
-            row = {"ntk/batch_lambda_max": lam_b, "ntk/batch_eta_crit": Kb.shape[0] / lam_b}
+            row = {metrics.NTK_BATCH_LAMBDA_MAX: lam_b,
+                   metrics.NTK_BATCH_ETA_CRIT: Kb.shape[0] / lam_b}
             record.update(row)
             self.batch_rows.append({"step": state.step, "lr": state.lr, **row})
         if self.X is not None and state.step % self.every == 0 and state.lr > 0:
@@ -100,12 +102,12 @@ class NTKMonitor(Callback):
         out: dict[str, Any] = {"probe_size": 0 if self.X is None else int(self.X.shape[0]),
                                "measurements": len(self.rows)}
         if self.rows:
-            out["initial_lambda"] = self.rows[0]["ntk/lambda"]
-            out["final_lambda"] = self.rows[-1]["ntk/lambda"]
-            out["initial_eta_crit"] = self.rows[0]["ntk/eta_crit"]
-            out["final_eta_crit"] = self.rows[-1]["ntk/eta_crit"]
+            out["initial_lambda"] = self.rows[0][metrics.NTK_LAMBDA]
+            out["final_lambda"] = self.rows[-1][metrics.NTK_LAMBDA]
+            out["initial_eta_crit"] = self.rows[0][metrics.NTK_ETA_CRIT]
+            out["final_eta_crit"] = self.rows[-1][metrics.NTK_ETA_CRIT]
         if self.batch_rows:
-            crossed = sum(r["lr"] > r["ntk/batch_eta_crit"] for r in self.batch_rows)
+            crossed = sum(r["lr"] > r[metrics.NTK_BATCH_ETA_CRIT] for r in self.batch_rows)
             out["batch_steps_above_critical"] = crossed
             out["batch_steps"] = len(self.batch_rows)
         summary["monitors"]["ntk"] = out
