@@ -173,6 +173,9 @@ def find_catapults(
 
     Returns:
         The events in order; see the module docstring for the exact algorithm.
+
+    A single pass with a small state machine (calm / inside an event), kept in one function so
+    the algorithm reads top to bottom as the module docstring states it.
     """
     if not (math.isfinite(ratio) and ratio > 1):  # NaN fails every comparison
         raise ValueError(f"ratio must be a finite number > 1, got {ratio}")

@@ -195,6 +195,9 @@ def run_tasks(tasks: Iterable[Any], target: str, *, workers: int, threads: int =
     On ``KeyboardInterrupt``, or when ``stop`` (an event another thread may set; checked twice a
     second) is set, the workers are stopped (see the module docstring) and
     ``KeyboardInterrupt`` is raised. Tasks are sent whole through a pipe: keep them small.
+
+    The dispatch loop, the interrupt handling and the final stop share the pool's state and
+    must run in this order under one ``try``, so they stay in one function.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")

@@ -82,8 +82,11 @@ def _scales(mod: nn.Module) -> tuple[float, float]:
     return rule(mod)
 
 
-def _fast_ntk(model: nn.Module, X: Tensor, layers: list[nn.Module], kind: str,
-              outputs_sink: list[Tensor] | None = None) -> Tensor | None:
+def _record_layers(model: nn.Module, X: Tensor, layers: list[nn.Module]
+                   ) -> tuple[Tensor, list[Tensor], list[Tensor]] | None:
+    """One forward pass of ``model`` on ``X`` recording each layer's input ``A_l`` and output
+    ``z_l``: ``(f(X), [A_l], [z_l])``, or None when a layer ran more than once (shared weights)
+    or on an input that is not 2-D (the generic path handles those)."""
     inputs: dict[int, list[Tensor]] = {id(m): [] for m in layers}
     outputs: dict[int, list[Tensor]] = {id(m): [] for m in layers}
 
@@ -99,46 +102,54 @@ def _fast_ntk(model: nn.Module, X: Tensor, layers: list[nn.Module], kind: str,
         for h in handles:
             h.remove()
     if any(len(inputs[id(m)]) != 1 or inputs[id(m)][0].dim() != 2 for m in layers):
-        return None  # weight sharing or non-2-D inputs: use the generic path
-    n = X.shape[0]
-    f = f.reshape(n, -1)
-    if outputs_sink is not None:
-        outputs_sink.append(f.detach())
+        return None
+    return f, [inputs[id(m)][0].detach() for m in layers], [outputs[id(m)][0] for m in layers]
+
+
+def _output_gradients(f: Tensor, zs: list[Tensor]) -> list[list[Tensor]]:
+    """``G[l][j]``: the ``(n, out_l)`` gradients of ``Σ_i f_j(x_i)`` at layer l's output, which
+    are the per-sample gradients (one backward pass per output ``j``)."""
     c = f.shape[1]
-    zs = [outputs[id(m)][0] for m in layers]
-    # G[l][j]: (n, out_l) gradients of sum_i f_j(x_i) at layer l's output = per-sample gradients
-    G: list[list[Tensor]] = [[] for _ in layers]
+    G: list[list[Tensor]] = [[] for _ in zs]
     for j in range(c):
         grads = torch.autograd.grad(f[:, j].sum(), zs, retain_graph=j < c - 1,
                                     allow_unused=True)
         for li, g in enumerate(grads):
             G[li].append(torch.zeros_like(zs[li]) if g is None else g.detach())
-    if kind == "trace" or c == 1:
-        # K = Σ_terms (H Hᵀ) ∘ (cw·F Fᵀ + cb)  (or cw·H Hᵀ without F), summed block row by
-        # block row on the upper triangle, then mirrored once
-        terms: list[tuple[Tensor, Tensor | None, float, float]] = []
-        for li, mod in enumerate(layers):
-            A = inputs[id(mod)][0].detach()
-            s, beta = _scales(mod)
-            has_w = mod.weight.requires_grad
-            has_b = mod.bias is not None and mod.bias.requires_grad
-            Gcat = torch.cat(G[li], dim=1) if c > 1 else G[li][0]
-            if has_w and not has_b and Gcat.shape[1] == 1:
-                terms.append((A * Gcat, None, s * s, 0.0))  # (A Aᵀ)∘(g gᵀ) = (g∘A)(g∘A)ᵀ
-            elif has_w:
-                terms.append((Gcat, A, s * s, beta * beta if has_b else 0.0))
-            elif has_b:
-                terms.append((Gcat, None, beta * beta, 0.0))
-        return sum_of_gram_products(terms, n, X.dtype, X.device)
-    size = n * c
-    K = torch.zeros(size, size, dtype=X.dtype, device=X.device)
+    return G
+
+
+def _trace_kernel(layers: list[nn.Module], A: list[Tensor], G: list[list[Tensor]], n: int,
+                  dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``K = Σ_l (G_l G_lᵀ) ∘ (s_l² A_l A_lᵀ + β_l²)`` (``n × n``; the trace kernel, or the full
+    one for c = 1), summed block row by block row on the upper triangle, mirrored once."""
+    terms: list[tuple[Tensor, Tensor | None, float, float]] = []
     for li, mod in enumerate(layers):
-        A = inputs[id(mod)][0].detach()
         s, beta = _scales(mod)
         has_w = mod.weight.requires_grad
         has_b = mod.bias is not None and mod.bias.requires_grad
-        P = gram(A) if has_w else None
-        Kv = K.view(n, c, n, c)
+        Gcat = torch.cat(G[li], dim=1) if len(G[li]) > 1 else G[li][0]
+        if has_w and not has_b and Gcat.shape[1] == 1:
+            terms.append((A[li] * Gcat, None, s * s, 0.0))  # (A Aᵀ)∘(g gᵀ) = (g∘A)(g∘A)ᵀ
+        elif has_w:
+            terms.append((Gcat, A[li], s * s, beta * beta if has_b else 0.0))
+        elif has_b:
+            terms.append((Gcat, None, beta * beta, 0.0))
+    return sum_of_gram_products(terms, n, dtype, device)
+
+
+def _full_kernel(layers: list[nn.Module], A: list[Tensor], G: list[list[Tensor]], n: int,
+                 dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The full ``(n·c) × (n·c)`` kernel: block ``(j, j')`` is
+    ``Σ_l (G_lj G_lj'ᵀ) ∘ (s_l² A_l A_lᵀ + β_l²)``; exactly symmetric."""
+    c = len(G[0])
+    K = torch.zeros(n * c, n * c, dtype=dtype, device=device)
+    Kv = K.view(n, c, n, c)
+    for li, mod in enumerate(layers):
+        s, beta = _scales(mod)
+        has_w = mod.weight.requires_grad
+        has_b = mod.bias is not None and mod.bias.requires_grad
+        P = gram(A[li]) if has_w else None
         for j in range(c):
             for jj in range(j, c):
                 Q = G[li][j] @ G[li][jj].T
@@ -149,6 +160,24 @@ def _fast_ntk(model: nn.Module, X: Tensor, layers: list[nn.Module], kind: str,
                 if jj != j:
                     Kv[:, jj, :, j] += block.T
     return mirror_upper_(K)
+
+
+def _fast_ntk(model: nn.Module, X: Tensor, layers: list[nn.Module], kind: str,
+              outputs_sink: list[Tensor] | None = None) -> Tensor | None:
+    """The layer-wise kernel from one forward and ``c`` backward passes, or None when the model
+    does not fit the fast path (the caller then uses the generic one)."""
+    recorded = _record_layers(model, X, layers)
+    if recorded is None:
+        return None
+    f, A, zs = recorded
+    n = X.shape[0]
+    f = f.reshape(n, -1)
+    if outputs_sink is not None:
+        outputs_sink.append(f.detach())
+    G = _output_gradients(f, zs)
+    if kind == "trace" or f.shape[1] == 1:
+        return _trace_kernel(layers, A, G, n, X.dtype, X.device)
+    return _full_kernel(layers, A, G, n, X.dtype, X.device)
 
 
 # ---- generic path: per-sample Jacobians ------------------------------------------------------

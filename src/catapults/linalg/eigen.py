@@ -39,6 +39,9 @@ def block_krylov_top(
     a floor of ``1000·eps·θ_1``). After ``max_blocks`` products it restarts from the top Ritz
     vectors. All arithmetic is in ``dtype`` (float64 by default), in torch (no second BLAS
     thread pool). Returns values descending ``(k,)`` and orthonormal vectors ``(N, k)``.
+
+    One function on purpose: the basis, the projected matrix ``T`` and the restart state are
+    shared by every phase of the iteration, and splitting it would pass them all around.
     """
     k = min(k, N)
     b = min(N, block or (k + 3))
