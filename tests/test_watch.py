@@ -186,3 +186,24 @@ def test_run_writes_tensorboard_with_output_tensorboard(tmp_path):
     losses = [r["loss"] for r in res.history]
     assert [v for _, v in tags["loss"]] == pytest.approx(losses, rel=1e-6)
     assert all(math.isfinite(v) for _, v in tags["ntk/eta_crit"])
+
+
+def test_plot_functions_return_figures_accept_ax_and_leave_the_backend_alone(tmp_path):
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from catapults import plotting
+
+    backend = matplotlib.get_backend()
+    rows = [{"step": t, "lr": 1.0 if t < 5 else 3.0, "loss": 1.0 / (t + 1),
+             "ntk/L": 1.0 / (t + 1), "ntk/L_top": 0.5 / (t + 1), "ntk/L_rest": 0.5 / (t + 1),
+             "ntk/eta_crit": 2.0, "ntk/lambda": [3.0, 2.0], "ntk/critical_level": 1.0}
+            for t in range(10)]
+    fig = plotting.plot_training(rows, tmp_path / "a.png")
+    assert isinstance(fig, Figure) and (tmp_path / "a.png").is_file()
+    assert plotting.lr_changes(rows) == [5]
+    own = Figure()
+    ax = own.subplots()
+    assert plotting.plot_loss_split(rows, ax=ax) is own and not (tmp_path / "b.png").exists()
+    assert isinstance(plotting.plot_spectrum(rows), Figure)
+    assert matplotlib.get_backend() == backend

@@ -48,62 +48,128 @@ def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[int], lis
     return xs, ys
 
 
-def plot_training(history: Sequence[dict[str, Any]], path: str | Path | None = None, *,
-                  title: str = "", events: Sequence[Any] = (), ax: Axes | None = None) -> Figure:
-    """Training loss (log scale), test loss, and the learning rate on a second axis.
+def lr_changes(history: Sequence[dict[str, Any]], *, rel: float = 0.2) -> list[int]:
+    """Steps where the learning rate jumps by more than ``rel`` (relative) from the previous
+    row: the raises and drops of a step or critical schedule (a smooth schedule has none)."""
+    out, prev = [], None
+    for r in history:
+        v = r.get(metrics.LR)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            if prev is not None and prev > 0 and abs(v - prev) > rel * prev:
+                out.append(int(r[metrics.STEP]))
+            prev = v
+    return out
 
-    ``events`` (objects with ``start``/``peak``/``end``) are shaded on the loss curve.
-    """
-    fig, ax = _axes(ax, figsize=(8, 4.5))
-    x, y = _series(history, "loss")
-    mini_batch = any(r.get("loss") != r.get("train_loss") for r in history if "train_loss" in r)
-    ax.plot(x, y, lw=0.9, color="C0", label="train loss (batch)" if mini_batch else "train loss")
-    xt, yt = _series(history, "train_loss")
-    if xt and mini_batch:
-        ax.plot(xt, yt, lw=1.2, color="C2", label="train loss (full)")
-    xs, ys = _series(history, "test_loss")
-    if xs:
-        ax.plot(xs, ys, lw=1.2, color="C1", label="test loss")
+
+def _mark(ax: Axes, events: Sequence[Any], raises: Sequence[int]) -> None:
+    """Shade catapults (start..end, a line at the peak) and draw the learning-rate jumps."""
     for i, ev in enumerate(events):
         ax.axvspan(ev.start, ev.end, color="C3", alpha=0.15, lw=0,
-                   label="catapult" if i == 0 else None)
+                   label="catapult (start..end)" if i == 0 else None)
         ax.axvline(ev.peak, color="C3", lw=0.6, alpha=0.6)
+    for i, t in enumerate(raises):
+        ax.axvline(t, color="0.4", lw=0.8, ls=":", label="lr change" if i == 0 else None)
+
+
+def _draw_losses(ax: Axes, history: Sequence[dict[str, Any]]) -> None:
+    x, y = _series(history, metrics.LOSS)
+    mini_batch = any(r.get(metrics.LOSS) != r.get(metrics.TRAIN_LOSS) for r in history
+                     if metrics.TRAIN_LOSS in r)
+    ax.plot(x, y, lw=0.9, color="C0", label="train loss (batch)" if mini_batch else "train loss")
+    xt, yt = _series(history, metrics.TRAIN_LOSS)
+    if xt and mini_batch:
+        ax.plot(xt, yt, lw=1.2, color="C2", label="train loss (full)")
+    xs, ys = _series(history, metrics.TEST_LOSS)
+    if xs:
+        ax.plot(xs, ys, lw=1.2, color="C1", label="test loss")
     if y and min(y) > 0:
         ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    lx, ly = _series(history, "lr")
-    if lx:
-        ax2 = ax.twinx()
-        ax2.plot(lx, ly, color="k", lw=0.8, ls="--", alpha=0.6, label="learning rate")
-        ax2.set_ylabel("learning rate")
-        h2, l2 = ax2.get_legend_handles_labels()
-    else:
-        h2, l2 = [], []
-    h1, l1 = ax.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=8)
+    ax.set_ylabel("loss (mean MSE)")
+
+
+def _draw_rates(ax: Axes, history: Sequence[dict[str, Any]]) -> None:
+    """The learning rate against the critical rates that the NTK monitor measured."""
+    lx, ly = _series(history, metrics.LR)
+    ax.plot(lx, ly, color="k", lw=1.0, label="learning rate η")
+    ex, ey = _series(history, metrics.NTK_ETA_CRIT)
+    if ex:
+        ax.plot(ex, ey, color="C4", lw=1.0, ls="--", marker=".", ms=2,
+                label="η_crit = n·c/λ_max (probe)")
+    bx, by = _series(history, metrics.NTK_BATCH_ETA_CRIT)
+    if bx:
+        ax.plot(bx, by, ".", color="C1", ms=1.5, alpha=0.4, label="η_crit(B) of each batch")
+    top = max([*ly, *ey, *by], default=1.0)
+    ax.set_ylim(0, 1.15 * top if top > 0 else 1.0)
+    ax.set_ylabel("learning rate")
+
+
+def plot_training(history: Sequence[dict[str, Any]], path: str | Path | None = None, *,
+                  title: str = "", events: Sequence[Any] = (), ax: Axes | None = None) -> Figure:
+    """Losses (log scale) above, learning rate against the measured critical rates below.
+
+    Catapults (objects with ``start``/``peak``/``end``) are shaded and learning-rate jumps
+    marked in both panels. With ``ax`` only the loss panel is drawn, into ``ax``.
+    """
+    raises = lr_changes(history)
+    if ax is not None:
+        fig = ax.figure
+        _draw_losses(ax, history)
+        _mark(ax, events, raises)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8, loc="best")
+        return fig  # type: ignore[return-value]
+    fig = Figure(figsize=(8, 6))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    _draw_losses(top, history)
+    _mark(top, events, raises)
+    _draw_rates(bottom, history)
+    _mark(bottom, events, raises)
+    bottom.set_xlabel("step")
+    for a in (top, bottom):
+        a.grid(alpha=0.25)
+        a.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if title:
-        ax.set_title(title)
+        top.set_title(title)
     return _finish(fig, path)
 
 
 def plot_loss_split(rows: Sequence[dict[str, Any]], path: str | Path | None = None, *,
-                    events: Sequence[Any] = (), ax: Axes | None = None) -> Figure:
-    """The probe loss L with its top-eigenspace part L_top and the rest L_rest (log scale)."""
+                    events: Sequence[Any] = (), ax: Axes | None = None,
+                    floor: float = 1e-5) -> Figure:
+    """The probe loss L (black) with its top-eigenspace part L_top and the rest L_rest.
+
+    A part below ``floor`` × L at its step is not drawn (the line is broken there): at float32
+    precision it is rounding noise of the total, not signal. Catapults are shaded and
+    learning-rate jumps marked."""
     fig, ax = _axes(ax, figsize=(8, 4.5))
-    for key, label, color in [(metrics.NTK_L, "L (probe set)", "C0"),
-                              (metrics.NTK_L_TOP, "L_top (top-s eigenspace)", "C3"),
-                              (metrics.NTK_L_REST, "L_rest", "C2")]:
-        x, y = _series(rows, key)
-        ax.plot(x, [max(v, 1e-16) for v in y], label=label, color=color, lw=1.1)
-    for ev in events:
-        ax.axvspan(ev.start, ev.end, color="C3", alpha=0.12, lw=0)
+    steps = [r[metrics.STEP] for r in rows]
+    total = [_num(r.get(metrics.NTK_L)) for r in rows]
+    hidden = False
+    for key, label, color in [(metrics.NTK_L_TOP, "L_top (top-s eigenspace)", "C3"),
+                              (metrics.NTK_L_REST, "L_rest (the rest)", "C2")]:
+        ys = []
+        for r, L in zip(rows, total):
+            v = _num(r.get(key))
+            keep = math.isfinite(v) and math.isfinite(L) and v > floor * L and v > 0
+            hidden |= math.isfinite(v) and not keep
+            ys.append(v if keep else math.nan)
+        ax.plot(steps, ys, label=label, color=color, lw=1.2, alpha=0.85, zorder=2)
+    ax.plot(steps, [v if v > 0 else math.nan for v in total], label="L (probe set, total)",
+            color="k", lw=1.0, ls=(0, (4, 2)), zorder=3)
+    _mark(ax, events, lr_changes(rows))
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("Loss in the top eigenspace of the NTK and the rest")
+    ax.set_ylabel("probe loss (mean MSE)")
+    ax.set_title("Probe loss in the top eigenspace of the NTK and the rest"
+                 + (f"\n(a part below {floor:g}·L at its step is float noise: not drawn)"
+                    if hidden else ""), fontsize=10)
+    ax.grid(alpha=0.25)
     ax.legend(fontsize=8)
     return _finish(fig, path)
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
 def plot_spectrum(rows: Sequence[dict[str, Any]], path: str | Path | None = None, *,
