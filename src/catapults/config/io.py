@@ -56,11 +56,11 @@ def config_from_dict(raw: dict[str, Any] | None) -> RunConfig:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse ``'train.lr=0.5'`` into (['train', 'lr'], 0.5); the value is read as YAML."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.lr=0.5")
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=0.5")
     key, value = text.split("=", 1)
     path = [p for p in key.strip().split(".")]
     if not all(path):
-        raise ConfigError(f"--set {text!r}: bad key {key!r}")
+        raise ConfigError(f"override {text!r}: bad key {key!r}")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
