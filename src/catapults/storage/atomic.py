@@ -85,9 +85,15 @@ _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a bo
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; :class:`ConfigError` naming the file if it is not one."""
+    """The JSON object in ``path``; :class:`ConfigError` naming the file if it is not one, or
+    if it is larger or nests deeper than :mod:`catapults.storage.limits` allows."""
+    from catapults.storage.limits import check_file_size, check_structure
+
+    check_file_size(path, "JSON file")
     try:
         data = json.loads(path.read_bytes())
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: corrupt or truncated JSON ({err.msg}: line {err.lineno} "
                           f"column {err.colno})") from None
@@ -95,4 +101,5 @@ def read_json_object(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not JSON (binary data)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {_JSON_TYPES[type(data)]}")
+    check_structure(data, str(path))
     return data

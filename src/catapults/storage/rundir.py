@@ -57,7 +57,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     for line in path.read_text().splitlines():
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
     return rows
 
