@@ -111,3 +111,62 @@ def test_inspect_of_a_run_with_a_deeply_nested_summary(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "nested too deeply" in err and "events.json" in err
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
+# ---- hostile data files -----------------------------------------------------------------------
+def test_gzip_bomb_posing_as_mnist_is_refused_without_decompressing_it(tmp_path):
+    import gzip
+
+    from catapults.data.readers import read_idx
+    from catapults.errors import DataError
+
+    raw = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(raw, "wb", compresslevel=9) as fh:  # declares 60000 x 28 x 28, then 300 MB
+        fh.write(bytes([0, 0, 8, 3]) + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big")
+                 + (28).to_bytes(4, "big"))
+        for _ in range(300):
+            fh.write(bytes(2**20))
+    assert raw.stat().st_size < 2 * 2**20
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match="trailing bytes"):
+        read_idx(raw)
+    huge = tmp_path / "huge-idx3-ubyte.gz"
+    with gzip.open(huge, "wb") as fh:  # declares 10^12 bytes
+        fh.write(bytes([0, 0, 8, 3]) + (10**6).to_bytes(4, "big") + (1000).to_bytes(4, "big")
+                 + (1000).to_bytes(4, "big") + bytes(1000))
+    with pytest.raises(DataError, match="declares .* MiB of data"):
+        read_idx(huge)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_cifar_pickle_with_list_data_is_refused_unmaterialised(tmp_path):
+    import pickle
+
+    from catapults.data.readers import load_dataset
+    from catapults.errors import DataError
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    row = list(range(3072))
+    bomb = {b"data": [row] * 200_000, b"labels": [0] * 200_000}  # memo: one row, many refs
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (d / name).write_bytes(pickle.dumps(bomb, protocol=2))
+    assert (d / "test_batch").stat().st_size < 2 * 2**20
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match="'data' must be a numpy array"):
+        load_dataset("cifar10", root=tmp_path)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_svhn_with_string_labels_is_a_data_error(tmp_path):
+    import numpy as np
+    from scipy.io import savemat
+
+    from catapults.data.readers import load_dataset
+    from catapults.errors import DataError
+
+    (tmp_path / "svhn").mkdir()
+    X = np.zeros((32, 32, 3, 3), dtype=np.uint8)
+    savemat(tmp_path / "svhn" / "train_32x32.mat", {"X": X, "y": np.array(["a", "b", "c"])})
+    with pytest.raises(DataError, match="labels 'y' must be integers"):
+        load_dataset("svhn", root=tmp_path)
