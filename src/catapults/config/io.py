@@ -5,6 +5,7 @@ and the commented default config (``catapults config show``)."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from catapults.storage.limits import check_file_size, check_structure
 
 MAX_YAML_BYTES = 4 * 2**20
 """Largest config or sweep file read (4 MiB: real ones are a few KiB)."""
+
+
+_NAMES_A_FIELD = re.compile(r"^[a-z_]+\.[a-z_.]+: ")
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -47,6 +51,9 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
             msg = "unknown field"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
+        if not field and _NAMES_A_FIELD.match(msg):  # a cross-section check names its field
+            lines.append(msg)
+            continue
         lines.append(f"{field or '<root>'}: {msg}" + (
             f" (got {_short(e['input'])})" if e["type"] not in ("extra_forbidden", "missing")
             and not isinstance(e.get("input"), dict) else ""))

@@ -8,15 +8,76 @@ Validation errors are raised as :class:`ConfigError`, whose message names the of
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 FLOAT32_MAX = 3.4028234663852886e38
+MAX_SEED = 2**62
+"""Largest seed accepted (torch's generators take 64-bit seeds; the trainer adds small offsets)."""
+MAX_COUNT = 10**8
+"""Largest sample count, width or step count a config may ask for (memory is checked too)."""
+
+
+def _base_types(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (``int | None`` -> {int, NoneType}; a Literal's
+    values' types; containers as themselves)."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return {type(v) for v in typing.get_args(annotation)}
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_base_types(a) for a in typing.get_args(annotation)))
+    return {origin or annotation}
+
+
+def _element_type(annotation: Any) -> Any:
+    for a in (typing.get_args(annotation) or ()):
+        if typing.get_origin(a) in (list, tuple):
+            return typing.get_args(a)[0]
+    if typing.get_origin(annotation) in (list, tuple):
+        return typing.get_args(annotation)[0]
+    return None
+
+
+def _strict(value: Any, kinds: set[Any]) -> str | None:
+    """Why ``value`` may not stand for a field of ``kinds`` (no lax coercion), or None."""
+    if isinstance(value, bool):
+        if bool in kinds:
+            return None
+        wanted = "a number" if kinds & {int, float} else "a string" if str in kinds else "a value"
+        return f"expected {wanted}, got a boolean"
+    if kinds <= {bool, type(None)} and value is not None:
+        return f"expected true or false, got {type(value).__name__}"
+    if isinstance(value, str) and int in kinds and float not in kinds and str not in kinds:
+        return "expected an integer, got a string"
+    if isinstance(value, float) and int in kinds and float not in kinds and value % 1:
+        return "expected an integer"
+    return None
 
 
 class _Section(BaseModel):
+    """A config section: unknown keys, non-finite numbers and lax coercions (``true`` for a
+    number, ``'yes'`` for a boolean, a string for an integer) are errors naming the field."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_lax_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields[info.field_name]
+        kinds = _base_types(field.annotation)
+        why = _strict(value, kinds)
+        element = _element_type(field.annotation)
+        if why is None and element is not None and isinstance(value, (list, tuple)):
+            for v in value:
+                why = _strict(v, _base_types(element))
+                if why:
+                    break
+        if why:
+            raise ValueError(why)
+        return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -39,8 +100,8 @@ class DataConfig(_Section):
         "numbers, and the functions sin cos tanh exp abs relu sqrt.",
     )
     noise: float = Field(0.0, ge=0.0, description="Std of Gaussian label noise (training set).")
-    n_train: int = Field(256, ge=1, description="Number of training samples.")
-    n_test: int = Field(1000, ge=0, description="Number of test samples.")
+    n_train: int = Field(256, ge=1, le=MAX_COUNT, description="Number of training samples.")
+    n_test: int = Field(1000, ge=0, le=MAX_COUNT, description="Number of test samples.")
     classes: list[int] | None = Field(
         None,
         description="Real data: the classes to keep (None = all). Two classes give a binary "
@@ -66,7 +127,8 @@ class DataConfig(_Section):
         None,
         description="Directory with real data files (default: $CATAPULTS_DATA, else ./data).",
     )
-    seed: int = Field(0, ge=0, description="Seed for sampling the data and the subsets.")
+    seed: int = Field(0, ge=0, le=MAX_SEED,
+                      description="Seed for sampling the data and the subsets.")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -89,7 +151,7 @@ class ModelConfig(_Section):
         2, ge=1, le=64,
         description="Number of linear layers (2 = one hidden layer, the paper's '2-layer net').",
     )
-    width: int = Field(1024, ge=1, description="Hidden width.")
+    width: int = Field(1024, ge=1, le=2**20, description="Hidden width.")
     activation: Literal["relu", "gelu", "tanh", "sigmoid", "silu", "softplus", "identity"] = Field(
         "relu", description="Hidden activation."
     )
@@ -161,9 +223,10 @@ class TrainConfig(_Section):
     eps: float = Field(1e-8, gt=0.0, description="'adam': epsilon.")
     weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay (coupled).")
     steps: int | None = Field(
-        None, ge=1, description="Number of optimiser steps (give steps or epochs, not both)."
-    )
-    epochs: int | None = Field(None, ge=1, description="Number of epochs (passes over the data).")
+        None, ge=1, le=MAX_COUNT,
+        description="Number of optimiser steps (give steps or epochs, not both).")
+    epochs: int | None = Field(None, ge=1, le=MAX_COUNT,
+                               description="Number of epochs (passes over the data).")
     loss: Literal["mse", "cross_entropy"] = Field(
         "mse",
         description="'mse': torch.nn.MSELoss(reduction='mean') over all n*c entries "
@@ -171,10 +234,12 @@ class TrainConfig(_Section):
         "for +-1 targets.",
     )
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    seed: int = Field(0, ge=0, description="Seed for initialisation and batch order.")
+    seed: int = Field(0, ge=0, le=MAX_SEED,
+                      description="Seed for initialisation and batch order.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA if present.")
     dtype: Literal["float32", "float64"] = Field("float32", description="Parameter/data dtype.")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: default).")
+    threads: int | None = Field(None, ge=1, le=4096,
+                                description="torch CPU threads (None: default).")
     log_every: int = Field(1, ge=1, description="Write a metrics row every this many steps.")
     eval_every: int = Field(
         10, ge=1, description="Evaluate full train loss (SGD) and test loss every this many steps."
@@ -198,6 +263,15 @@ class TrainConfig(_Section):
             raise ValueError("betas must lie in [0, 1)")
         if self.dtype == "float32" and self.lr > FLOAT32_MAX:
             raise ValueError(f"lr {self.lr:g} does not fit in float32 (max {FLOAT32_MAX:.3g})")
+        if self.nesterov and self.momentum <= 0:
+            raise ValueError("nesterov: needs momentum > 0")
+        sched = self.schedule
+        if self.dtype == "float32" and sched.kind == "step" and any(
+                v > FLOAT32_MAX for v in sched.values):
+            raise ValueError(f"schedule.values: a learning rate above {FLOAT32_MAX:.3g} does "
+                             "not fit in float32")
+        if sched.kind == "critical" and any(v > 1e6 for v in sched.values):
+            raise ValueError("schedule.values: multiples of the critical rate above 1e6")
         return self
 
 
@@ -292,6 +366,15 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _fits_dtype(self) -> RunConfig:
+        if self.train.dtype == "float32":
+            for name, value in [("data.noise", self.data.noise),
+                                ("model.bias_scale", self.model.bias_scale)]:
+                if value > FLOAT32_MAX:
+                    raise ValueError(f"{name}: {value:g} does not fit in float32 (train.dtype)")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-safe dict of every field (defaults included)."""
