@@ -1,0 +1,28 @@
+"""``catapults reproduce EXPERIMENT``: the paper's experiments and a check of each claim."""
+
+from __future__ import annotations
+
+from catapults.cli.common import positive_int
+
+
+def add_parsers(sub) -> None:
+    from catapults.experiments import EXPERIMENTS  # imports torch
+
+    p = sub.add_parser("reproduce", help="reproduce the paper's experiments and check its claims")
+    p.add_argument("experiment", choices=[*EXPERIMENTS, "all"])
+    p.add_argument("--quick", action="store_true",
+                   help="smaller settings: 'all' in under 15 minutes on 2 CPU cores")
+    p.add_argument("--size", choices=["tiny", "quick", "full"],
+                   help="explicit size (overrides --quick; 'tiny' is for tests)")
+    p.add_argument("--out", default="reproduce", help="output directory (default: reproduce)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+
+
+def cmd_reproduce(args) -> int:
+    from catapults.experiments import reproduce
+    from catapults.runs import check_output_path
+
+    check_output_path(args.out, "--out")
+    size = args.size or ("quick" if args.quick else "full")
+    results = reproduce(args.experiment, out=args.out, size=size, threads=args.threads)
+    return 0 if results else 1
