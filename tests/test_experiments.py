@@ -28,8 +28,21 @@ def test_reproduce_all_tiny(tmp_path, capsys):
     out = tmp_path / "rep"
     assert cli.main(["reproduce", "all", "--size", "tiny", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "threshold" in printed and ("PASS" in printed or "FAIL" in printed)
     doc = json.loads((out / "claims.json").read_text())
+    # the printed claims table: a header, then one row per claim of claims.json, in order, with
+    # PASS exactly for the claims that passed (columns start where their header starts)
+    lines = printed.splitlines()
+    heads = [i for i, line in enumerate(lines)
+             if line.split() == ["claim", "id", "value", "threshold", "result"]]
+    assert len(heads) == 1
+    head = lines[heads[0]]
+    id_at, value_at, result_at = head.index(" id ") + 1, head.index(" value "), head.index("result")
+    table = []
+    for line in lines[heads[0] + 1:]:
+        if not line.strip():
+            break
+        table.append((line[id_at:value_at].strip(), line[result_at:].strip()))
+    assert table == [(c["id"], "PASS" if c["passed"] else "FAIL") for c in doc["claims"]]
     assert set(doc["experiments"]) == set(EXPERIMENTS)
     assert doc["total"] == len(doc["claims"]) >= 12
     for c in doc["claims"]:

@@ -10,11 +10,9 @@ import pytest
 import yaml
 
 from catapults import runs
+from catapults.cli.sweep import add_parsers, cmd_sweep, cmd_sweep_report
 from catapults.config import ConfigError
 from catapults.sweeps import (
-    add_sweep_parsers,
-    cmd_sweep,
-    cmd_sweep_report,
     expand,
     load_sweep,
     read_index,
@@ -50,7 +48,7 @@ def write_spec(tmp_path, s, name="sweep.yaml"):
 def parse(argv):
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command", required=True)
-    add_sweep_parsers(sub)
+    add_parsers(sub)
     return p.parse_args(argv)
 
 
@@ -366,9 +364,9 @@ def test_cli_pool_failure_divergence_and_retry(tmp_path, capsys, monkeypatch):
     with pytest.raises(ConfigError, match=r"trial .*data.name=mnist.*no-data does not exist"):
         cmd_sweep(args)
     assert not out.exists()
-    from catapults import sweeps
+    from catapults.sweeps import launchers
 
-    monkeypatch.setattr(sweeps, "check_trials", lambda *a, **k: None)
+    monkeypatch.setattr(launchers, "check_trials", lambda *a, **k: None)  # run_sweep's check
     assert cmd_sweep(args) == 1
     text = capsys.readouterr().out
     assert "3 trials: 1 completed, 1 diverged, 1 failed" in text
