@@ -80,3 +80,18 @@ def test_reproduce_strict_exit_code(tmp_path, monkeypatch, capsys, fails):
     else:
         assert err == ""
     assert calls == [("all", "tiny")] * 2
+
+
+def test_help_builds_every_parser_without_torch():
+    code = ("import sys, catapults.cli as c; c.build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=_env()).stdout.strip()
+    assert out == "False"
+
+
+def test_the_cli_knows_every_experiment():
+    from catapults.cli.reproduce import EXPERIMENT_NAMES
+    from catapults.experiments import EXPERIMENTS
+
+    assert tuple(EXPERIMENTS) == EXPERIMENT_NAMES
