@@ -101,3 +101,31 @@ def dense_mse_hessian(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> tor
         return ((out.reshape(y.shape) - y) ** 2).mean()
 
     return torch.autograd.functional.hessian(loss, theta)
+
+
+def moment_agop(poly: dict, d: int) -> torch.Tensor:
+    """``E[∇f ∇fᵀ]`` of a polynomial ``{exponents: coefficient}`` under ``x ~ N(0, I_d)``, the
+    slow way: multiply the gradient polynomials of every pair and take Gaussian moments."""
+    import math
+    from fractions import Fraction
+
+    def moment(k):
+        return 0 if k % 2 else math.prod(range(k - 1, 0, -2))
+
+    grads = []
+    for i in range(d):
+        g: dict = {}
+        for k, v in poly.items():
+            if k[i] > 0:
+                kk = list(k)
+                kk[i] -= 1
+                g[tuple(kk)] = g.get(tuple(kk), Fraction(0)) + v * k[i]
+        grads.append(g)
+    G = torch.zeros(d, d, dtype=torch.float64)
+    for a in range(d):
+        for b in range(a, d):
+            val = sum((va * vb * math.prod(moment(x + y) for x, y in zip(ka, kb))
+                       for ka, va in grads[a].items() for kb, vb in grads[b].items()),
+                      Fraction(0))
+            G[a, b] = G[b, a] = float(val)
+    return G

@@ -127,3 +127,41 @@ def test_cli_rejects_bad_target_cleanly(tmp_path, capsys, expr):
     err = capsys.readouterr().err
     assert "data.target" in err and repr(expr) in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hermite_agop_equals_the_moment_reference_on_random_polynomials(seed):
+    import random
+
+    from references import moment_agop
+
+    from catapults.data.targets import parse_target
+
+    rng = random.Random(seed)
+    d = rng.randint(2, 5)
+    terms = []
+    for _ in range(rng.randint(1, 5)):
+        powers = "*".join(f"x{rng.randint(1, d)}**{rng.randint(1, 3)}"
+                          for _ in range(rng.randint(1, 3)))
+        terms.append(f"{rng.choice([-2, -1, 0.5, 1, 3])}*{powers}")
+    target = parse_target(" + ".join(terms), d)
+    poly = target.polynomial()
+    assert poly is not None
+    torch.testing.assert_close(target.expected_agop(), moment_agop(poly, d), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_expected_agop_of_a_dense_polynomial_over_60_coordinates():
+    from catapults.data.targets import parse_target
+
+    expr = "(" + "+".join(f"x{i}" for i in range(1, 61)) + ")**2"  # ∇f = 2 Σ x: G = 4·60·11ᵀ
+    G = parse_target(expr, 60).expected_agop()
+    torch.testing.assert_close(G, torch.full((60, 60), 240.0, dtype=torch.float64))
+
+
+def test_monte_carlo_agop_too_large_for_memory_is_refused_up_front():
+    from catapults.data.targets import parse_target
+    from catapults.errors import TargetError
+
+    with pytest.raises(TargetError, match="d = 20000 would need .* GiB"):
+        parse_target("sin(x1)", 20000).expected_agop()

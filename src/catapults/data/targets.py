@@ -88,11 +88,25 @@ class Target:
         rational coefficients; otherwise a Monte-Carlo estimate from ``n_mc`` samples.
         """
         poly = self.polynomial()
-        if poly is not None:
-            return _poly_agop(poly, self.d).to(dtype)
+        exact = _poly_agop(poly, self.d) if poly is not None else None
+        if exact is not None:
+            return exact.to(dtype)
+        _check_agop_memory(self.d, n_mc)
         gen = torch.Generator().manual_seed(seed)
         X = torch.randn(n_mc, self.d, generator=gen, dtype=torch.float64)
         return agop(self, X).to(dtype)
+
+
+MAX_AGOP_BYTES = 2 * 2**30
+"""Memory the Monte-Carlo expected AGOP may use (its samples, gradients and the d x d matrix)."""
+
+
+def _check_agop_memory(d: int, n_mc: int) -> None:
+    need = 8 * (2 * d * d + 3 * min(n_mc, 4096) * d + n_mc * d)
+    if need > MAX_AGOP_BYTES:
+        raise TargetError(f"the expected AGOP of a target over d = {d} would need "
+                          f"{need / 2**30:,.1f} GiB (at most {MAX_AGOP_BYTES / 2**30:.0f} GiB); "
+                          "use a smaller data.d or a polynomial target (exact)")
 
 
 def parse_target(expression: str, d: int) -> Target:
@@ -289,22 +303,65 @@ def _expect(p: Poly) -> Fraction:
     return sum((v * math.prod(_gauss_moment(e) for e in k) for k, v in p.items()), Fraction(0))
 
 
-def _poly_agop(poly: Poly, d: int) -> Tensor:
-    grads: list[Poly] = []
-    for i in range(d):
-        g: Poly = {}
-        for k, v in poly.items():
-            if k[i] > 0:
-                kk = list(k)
-                kk[i] -= 1
-                g[tuple(kk)] = g.get(tuple(kk), Fraction(0)) + v * k[i]
-        grads.append(g)
+_MAX_HERMITE_TERMS = 2_000_000  # Hermite coefficients of f* expanded exactly ...
+_MAX_AGOP_WORK = 50_000_000  # ... and products accumulated into the AGOP
+
+
+def _hermite_of_power(k: int) -> list[tuple[int, Fraction]]:
+    """``x^k = Σ_m c_m He_{k-2m}(x)`` with probabilists' Hermite polynomials:
+    ``c_m = k! / (m! (k-2m)! 2^m)``."""
+    return [(k - 2 * m, Fraction(math.factorial(k),
+                                 math.factorial(m) * math.factorial(k - 2 * m) * 2**m))
+            for m in range(k // 2 + 1)]
+
+
+def _hermite(poly: Poly) -> dict[tuple[int, ...], Fraction] | None:
+    """``f = Σ_α f̂_α He_α`` (``He_α = Π_i He_{α_i}(x_i)``), or None past _MAX_HERMITE_TERMS."""
+    out: dict[tuple[int, ...], Fraction] = {}
+    for k, v in poly.items():
+        terms: list[tuple[tuple[int, ...], Fraction]] = [(k, v)]
+        for i, e in enumerate(k):
+            if e < 2:
+                continue  # x and 1 are already Hermite polynomials
+            expanded = []
+            for idx, c in terms:
+                for deg, h in _hermite_of_power(e):
+                    kk = list(idx)
+                    kk[i] = deg
+                    expanded.append((tuple(kk), c * h))
+            terms = expanded
+        for idx, c in terms:
+            out[idx] = out.get(idx, Fraction(0)) + c
+        if len(out) > _MAX_HERMITE_TERMS:
+            return None
+    return {k: v for k, v in out.items() if v != 0}
+
+
+def _poly_agop(poly: Poly, d: int) -> Tensor | None:
+    """``E[∇f ∇fᵀ]`` under ``x ~ N(0, I_d)``, exactly, in the Hermite basis (or None when that
+    would take too long: the caller then estimates it by Monte Carlo).
+
+    With ``f = Σ_α f̂_α He_α`` and ``He_n' = n He_{n-1}``, ``∂_a f = Σ_β g_a(β) He_β`` with
+    ``g_a(β) = (β_a + 1) f̂_{β+e_a}``, and since ``E[He_β He_γ] = β! δ_βγ``,
+    ``G_ab = Σ_β β! g_a(β) g_b(β)``: one small outer product per multi-index β. This costs
+    about the number of Hermite terms times the variables each touches, instead of a product of
+    the gradient polynomials per pair (a, b) (minutes at d = 60)."""
+    coeffs = _hermite(poly)
+    if coeffs is None:
+        return None
+    by_beta: dict[tuple[int, ...], list[tuple[int, Fraction]]] = {}
+    for alpha, c in coeffs.items():
+        for a, e in enumerate(alpha):
+            if e > 0:
+                beta = alpha[:a] + (e - 1,) + alpha[a + 1:]
+                by_beta.setdefault(beta, []).append((a, c * e))
+    if sum(len(v) ** 2 for v in by_beta.values()) > _MAX_AGOP_WORK:
+        return None
     G = torch.zeros(d, d, dtype=torch.float64)
-    active = [i for i in range(d) if grads[i]]
-    for a in active:
-        for b in active:
-            if b < a:
-                continue
-            val = float(_expect(_mul(grads[a], grads[b])))
-            G[a, b] = G[b, a] = val
+    for beta, entries in by_beta.items():
+        weight = math.prod(math.factorial(b) for b in beta if b > 1)
+        idx = torch.tensor([a for a, _ in entries])
+        g = torch.tensor([float(c) for _, c in entries], dtype=torch.float64)
+        G[idx[:, None], idx[None, :]] += weight * torch.outer(g, g)
     return G
+
