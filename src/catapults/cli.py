@@ -60,7 +60,7 @@ def _add_run(sub) -> None:
 
 def _cmd_run(args) -> int:
     from catapults.config import load_config
-    from catapults.runs import run
+    from catapults.runs import run, sigterm_as_interrupt
     from catapults.storage.rundir import check_output_path
 
     overrides = list(args.overrides)
@@ -68,14 +68,35 @@ def _cmd_run(args) -> int:
         overrides.append(f"train.device={args.device}")
     cfg = load_config(args.config, overrides)
     check_output_path(args.out or cfg.output.dir, "--out" if args.out else "output.dir")
-    result = run(cfg, out_dir=args.out, overwrite=args.overwrite or None,
-                 progress=False if args.no_progress else None)
+    with sigterm_as_interrupt():  # a scheduler's SIGTERM: an interrupted run, as Ctrl-C
+        result = run(cfg, out_dir=args.out, overwrite=args.overwrite or None,
+                     progress=False if args.no_progress else None)
     s = result.summary
     print(f"status: {s['status']}  steps: {s['steps']}  final train loss: "
           f"{s['final_train_loss']:.4g}  test loss: {s['final_test_loss']:.4g}"
           + (f"  test error: {s['final_test_error']:.4f}" if s.get("final_test_error") is not None
              else ""))
     print(f"run directory: {result.dir}  (figures in {result.dir / 'figures'})")
+    return 0
+
+
+def _add_resume(sub) -> None:
+    p = sub.add_parser("resume", help="continue a killed or interrupted run from its last "
+                       "checkpoint (a run started with output.checkpoint_every)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _cmd_resume(args) -> int:
+    from catapults.runs import resume, sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
+        result = resume(args.run, progress=False if args.no_progress else None)
+    s = result.summary
+    print(f"status: {s['status']}  steps: {s['steps']} (resumed at step "
+          f"{s['resumed_from'][-1]})  final train loss: {s['final_train_loss']:.4g}  test loss: "
+          f"{s['final_test_loss']:.4g}")
+    print(f"run directory: {result.dir}")
     return 0
 
 
@@ -296,7 +317,8 @@ def _cmd_reproduce(args) -> int:
     return 0 if results else 1
 
 
-COMMANDS = {"reproduce": _cmd_reproduce, "run": _cmd_run, "config": _cmd_config,
+COMMANDS = {"reproduce": _cmd_reproduce, "run": _cmd_run, "resume": _cmd_resume,
+            "config": _cmd_config,
             "inspect": _cmd_inspect, "data": _cmd_data, "sweep": _cmd_sweep,
             "sweep-report": _cmd_sweep_report}
 
@@ -309,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"catapults {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
+    _add_resume(sub)
     _add_config(sub)
     _add_inspect(sub)
     _add_data(sub)
@@ -322,11 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from catapults.data import DataError
+    from catapults.errors import CatapultsError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError) as err:
+    except CatapultsError as err:  # bad input (config, data, run directory, checkpoint, ...)
         print(f"catapults: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # stdout closed early (`catapults inspect RUN | head`)

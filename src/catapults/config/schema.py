@@ -280,6 +280,12 @@ class OutputConfig(_Section):
     overwrite: bool = Field(False, description="Replace an existing run directory.")
     figures: bool = Field(True, description="Write figures/*.png at the end.")
     checkpoint: bool = Field(True, description="Write checkpoint.pt at the end.")
+    checkpoint_every: int | None = Field(
+        None, ge=1,
+        description="Also write a resumable checkpoint.pt (model, optimizer, schedule, RNG and "
+        "batch order, history, monitors) every this many steps, for `catapults resume RUN` "
+        "(None: only the final checkpoint).",
+    )
     progress: bool = Field(True, description="Show a progress bar.")
 
 
