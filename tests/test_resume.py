@@ -25,12 +25,13 @@ from helpers import small_config
 
 CLI = [sys.executable, "-m", "catapults.cli"]
 TIMES = {"train_time_s", "wall_time_s", "resumed_from"}  # summary keys that may differ
+STEPS = 400  # the killed runs: ~1 s of training after the checkpoint at step 50 is seen
 
 
 def sgd_config(**output):
     return small_config(
         data={"n_train": 256}, model={"width": 256},
-        train={"optimizer": "sgd", "lr": 0.5, "batch_size": 16, "steps": 300, "eval_every": 5,
+        train={"optimizer": "sgd", "lr": 0.5, "batch_size": 16, "steps": STEPS, "eval_every": 5,
                "threads": 1, "device": "cpu"},
         monitor={"ntk": {"enabled": True, "every": 10}, "events": {"enabled": True}},
         output={"checkpoint_every": 25, "progress": False, **output})
@@ -41,7 +42,7 @@ def gd_critical_config(**output):
     only every 3rd step (the events monitor reads the full in-memory history)."""
     return small_config(
         data={"n_train": 128}, model={"width": 256},
-        train={"optimizer": "gd", "lr": 0.5, "steps": 300, "eval_every": 5, "log_every": 3,
+        train={"optimizer": "gd", "lr": 0.5, "steps": STEPS, "eval_every": 5, "log_every": 3,
                "threads": 1, "device": "cpu",
                "schedule": {"kind": "critical", "milestones": [40, 150], "values": [1.5, 1.5]}},
         monitor={"ntk": {"enabled": True, "every": 5}, "events": {"enabled": True}},
@@ -130,15 +131,15 @@ def test_sigkill_then_resume_ends_as_the_uninterrupted_run(tmp_path, kind):
             proc.kill()
     assert not (out / "summary.json").exists(), "killed too late: the run had finished"
     step = checkpoint_step(out / "checkpoint.pt")
-    assert 50 <= step < 300 and step % 25 == 0
+    assert 50 <= step < STEPS and step % 25 == 0
     done = cli_resume(out)
     assert done.returncode == 0, done.stderr
     assert f"resumed at step {step}" in done.stdout
-    summary = assert_same_run(ref, out, 300)
+    summary = assert_same_run(ref, out, STEPS)
     assert summary["resumed_from"] == [step]
     if kind == "gd-critical":  # the raises gave catapults, and rows were thinned by log_every
         assert summary["monitors"]["events"]["count"] >= 2
-        assert len(read_metrics(out)) < 300
+        assert len(read_metrics(out)) < STEPS
 
 
 def test_sigterm_records_an_interrupted_run_that_resumes(tmp_path):
@@ -161,7 +162,7 @@ def test_sigterm_records_an_interrupted_run_that_resumes(tmp_path):
     previous = signal.getsignal(signal.SIGTERM)
     assert cli.main(["resume", str(out), "--no-progress"]) == 0  # in this process
     assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
-    assert_same_run(ref, out, 300)
+    assert_same_run(ref, out, STEPS)
 
 
 # ---- in-process interruptions -----------------------------------------------------------------
@@ -301,6 +302,28 @@ def test_trainer_state_dict_round_trip_is_exact():
         bad.load_state_dict(state)
 
 
+def test_interrupted_after_the_final_checkpoint_the_run_is_complete(tmp_path, monkeypatch):
+    """A SIGTERM between the final checkpoint and summary.json: only the summary was left to
+    write, so it is written as it would have been (completed), not 'interrupted'."""
+    import catapults.runs as runs
+
+    real = runs.write_json_atomic
+    calls = []
+
+    def write(path, obj):
+        calls.append(obj.get("status"))
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(runs, "write_json_atomic", write)
+    with pytest.raises(KeyboardInterrupt):
+        run(config_from_dict(small_resumable()), out_dir=tmp_path / "r")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert calls == ["completed", "completed"] and summary["status"] == "completed"
+    assert summary["steps"] == 60 and "final_train_loss" in summary
+
+
 def test_checkpoint_false_keeps_no_checkpoint_at_the_end(tmp_path):
     cfg = small_resumable()
     cfg["output"]["checkpoint"] = False
@@ -436,6 +459,25 @@ def test_bad_resume_input_exits_2_naming_the_file_and_changes_nothing(tmp_path, 
     assert not list(tmp_path.rglob("*.tmp-*"))
     with pytest.raises((RunDirError, CheckpointError)):  # the Python face raises the same
         resume(out)
+
+
+def test_resume_of_a_run_still_going_is_refused(tmp_path, monkeypatch, capsys):
+    """A run holds an OS lock on its marker while it trains (dropped when it dies)."""
+    import fcntl
+
+    out = interrupted_run(tmp_path, monkeypatch, small_resumable())
+    before = snapshot(out)
+    fd = os.open(out / ".catapults-run", os.O_RDONLY)  # as the running process would
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        capsys.readouterr()
+        assert cli.main(["resume", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "still going" in err and str(out) in err and err.count("\n") == 1
+        assert snapshot(out) == before
+    finally:
+        os.close(fd)
+    assert resume(out).status == "completed"
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path, monkeypatch):

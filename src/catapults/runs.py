@@ -44,6 +44,7 @@ from catapults.storage.rundir import (
     describe_error,
     is_run_dir,
     prepare_run_dir,
+    run_lock,
 )
 from catapults.training import Callback, Trainer, resolve_device
 
@@ -205,7 +206,8 @@ def run(config: RunConfig, *, out_dir: str | Path | None = None,
     resolved = config.to_dict()
     resolved["output"]["dir"] = str(out)
     write_text_atomic(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    return _train(config, resolved, out, device, monitors, trainer, t0=t0, resumed_from=[])
+    with run_lock(out):
+        return _train(config, resolved, out, device, monitors, trainer, t0=t0, resumed_from=[])
 
 
 def _train(config: RunConfig, resolved: dict[str, Any], out: Path, device: torch.device,
@@ -222,28 +224,46 @@ def _train(config: RunConfig, resolved: dict[str, Any], out: Path, device: torch
             "config": resolved, "resumed_from": resumed_from})
     metrics = MetricsFile(out / "metrics.jsonl")
     trainer.sink = metrics
+    result = None
+
+    def summary_of(done: Any) -> dict[str, Any]:
+        summary = {**done.summary, "device": str(device)}
+        if resumed_from:
+            summary["resumed_from"] = list(resumed_from)
+        return {**summary, "wall_time_s": time.perf_counter() - t0}
+
     try:
         result = trainer.fit()
         metrics.close()
-        summary = _finish(config, resolved, out, monitors, result, spec)
+        _finish(config, resolved, out, monitors, result, spec)
+        summary = summary_of(result)
+        write_json_atomic(out / "summary.json", summary)
     except BaseException as err:  # a crash, Ctrl-C or SIGTERM: a failed run, maybe resumable
         metrics.close()
+        if result is not None and _final_checkpoint_written(out / "checkpoint.pt", result):
+            write_json_atomic(out / "summary.json", summary_of(result))  # only this was left
+            raise
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         write_json_atomic(out / "summary.json", {
             "status": "failed", "reason": status, "error": describe_error(err),
             "wall_time_s": time.perf_counter() - t0})
         raise
-    summary["device"] = str(device)
-    if resumed_from:
-        summary["resumed_from"] = list(resumed_from)
-    summary["wall_time_s"] = time.perf_counter() - t0
-    write_json_atomic(out / "summary.json", summary)
     return RunResult(out, summary["status"], summary, result.history, result.model)
 
 
+def _final_checkpoint_written(path: Path, result: Any) -> bool:
+    """Whether ``path`` is the final checkpoint of ``result``: then an interruption came after
+    everything but the summary was written, and the run is complete (not resumable)."""
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError:
+        return False
+    return ckpt.get("resumable") is False and ckpt.get("step") == result.steps
+
+
 def _finish(config: RunConfig, resolved: dict[str, Any], out: Path, monitors: list,
-            result: Any, spec: dict[str, Any]) -> dict[str, Any]:
-    """After training: figures, the monitors' files, the final checkpoint; the summary."""
+            result: Any, spec: dict[str, Any]) -> None:
+    """After training: figures, the monitors' files, the final checkpoint."""
     if config.output.figures:
         plot_training(result.history, out / "figures" / "loss.png",
                       title=f"{config.data.name} / {config.train.optimizer}")
@@ -256,7 +276,6 @@ def _finish(config: RunConfig, resolved: dict[str, Any], out: Path, monitors: li
             "step": result.steps})
     else:  # the resumable checkpoint is not wanted once the run has finished
         (out / "checkpoint.pt").unlink(missing_ok=True)
-    return dict(result.summary)
 
 
 # ---- resuming a run -------------------------------------------------------------------------
@@ -303,12 +322,23 @@ def resume(run_dir: str | Path, *, progress: bool | None = None) -> RunResult:
     written with ``log_every > 1``), ``callbacks`` (each monitor's state), ``elapsed_s``,
     ``config`` (resolved) and ``resumed_from``; it loads with ``torch.load(weights_only=True)``.
 
-    Raises :class:`RunDirError` (not a run, finished, config.yaml unreadable) or
-    :class:`CheckpointError` (none, only the final model, corrupt, another version, another
-    config) naming the file, before anything in ``run_dir`` changes.
+    Raises :class:`RunDirError` (not a run, still going in another process, finished,
+    config.yaml unreadable) or :class:`CheckpointError` (none, only the final model, corrupt,
+    another version, another config) naming the file, before anything in ``run_dir`` changes.
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory")
+    if not is_run_dir(run_dir):
+        raise RunDirError(f"{run_dir}: not a run directory (it has no {RUN_MARKER} marker "
+                          "written by catapults)")
+    with run_lock(run_dir):  # refused while the run is still going
+        return _resume(run_dir, t0=t0, progress=progress)
+
+
+def _resume(run_dir: Path, *, t0: float, progress: bool | None) -> RunResult:
+    """:func:`resume` of a run directory, holding its lock."""
     config, resolved, ckpt = _resumable(run_dir)
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
@@ -329,11 +359,6 @@ def resume(run_dir: str | Path, *, progress: bool | None = None) -> RunResult:
 def _resumable(run_dir: Path) -> tuple[RunConfig, dict[str, Any], dict[str, Any]]:
     """The config, resolved config dict and checkpoint of a run that can be resumed, else
     :class:`RunDirError` / :class:`CheckpointError` naming the file. Reads only."""
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run directory")
-    if not is_run_dir(run_dir):
-        raise RunDirError(f"{run_dir}: not a run directory (it has no {RUN_MARKER} marker "
-                          "written by catapults)")
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
         try:
