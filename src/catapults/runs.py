@@ -7,7 +7,11 @@ it configures; every layer below takes plain arguments. ``catapults run`` is :fu
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,20 +20,31 @@ import torch
 import yaml
 from torch import Tensor
 
-from catapults.config import NTKMonitorConfig, RunConfig, config_from_dict
+from catapults.config import NTKMonitorConfig, RunConfig, config_from_dict, read_yaml
 from catapults.curvature import agop as agop_lib
 from catapults.curvature.agop import Matrix
 from catapults.data import Dataset, make_dataset
-from catapults.errors import ConfigError
+from catapults.errors import CheckpointError, ConfigError, RunDirError
 from catapults.loggers import JSONLinesLogger, Logger, TensorBoardLogger
 from catapults.models import build_model
 from catapults.monitors import AGOPMonitor, EventsMonitor, NTKMonitor
 from catapults.plotting import plot_training
-from catapults.storage.atomic import save_torch_atomic, write_json_atomic, write_text_atomic
+from catapults.storage.atomic import (
+    read_json_object,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from catapults.storage.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from catapults.storage.checkpoint import VERSION as CHECKPOINT_VERSION
+from catapults.storage.checkpoint import read_checkpoint, save_checkpoint
 from catapults.storage.rundir import (
+    RUN_MARKER,
     create_run_dir,
     describe_error,
+    is_run_dir,
     prepare_run_dir,
+    run_lock,
 )
 from catapults.training import Callback, Trainer, resolve_device
 
@@ -197,7 +212,8 @@ def run(config: RunConfig, *, out_dir: str | Path | None = None,
 
     Everything that can be validated (output directory, data, model, monitors) is checked before
     the first file is written. A training crash leaves ``summary.json`` with status ``failed``
-    and re-raises; a NaN/inf loss ends the run with status ``diverged``.
+    and re-raises; a NaN/inf loss ends the run with status ``diverged``. With
+    ``output.checkpoint_every`` the run writes resumable checkpoints (:func:`resume`).
     """
     t0 = time.perf_counter()
     overwrite = config.output.overwrite if overwrite is None else overwrite
@@ -211,32 +227,253 @@ def run(config: RunConfig, *, out_dir: str | Path | None = None,
     resolved = config.to_dict()
     resolved["output"]["dir"] = str(out)
     write_text_atomic(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    trainer.loggers = make_loggers(config, out, loggers)
+    with run_lock(out):
+        return _train(config, resolved, out, device, monitors, trainer, t0=t0, resumed_from=[],
+                      extra_loggers=loggers)
+
+
+def _train(config: RunConfig, resolved: dict[str, Any], out: Path, device: torch.device,
+           monitors: list, trainer: Trainer, *, t0: float, resumed_from: list[int],
+           extra_loggers: list[Logger] | None = None) -> RunResult:
+    """Train (from the trainer's step) into the run directory ``out``: metrics rows appended to
+    ``metrics.jsonl``, checkpoints every ``output.checkpoint_every`` steps, then the figures,
+    the monitors' files, the final checkpoint and ``summary.json``."""
+    spec = model_spec(config, trainer.data)
+    every = config.output.checkpoint_every
+    if every is not None:
+        trainer.checkpoint_every = every
+        trainer.on_checkpoint = lambda state: save_checkpoint(out / "checkpoint.pt", {
+            **_checkpoint_header(), "resumable": True, **state, "model_spec": spec,
+            "config": resolved, "resumed_from": resumed_from})
+    trainer.loggers = make_loggers(config, out, extra_loggers,
+                                   purge_step=resumed_from[-1] if resumed_from else None)
+    result = None
+
+    def summary_of(done: Any) -> dict[str, Any]:
+        summary = {**done.summary, "device": str(device)}
+        if resumed_from:
+            summary["resumed_from"] = list(resumed_from)
+        return {**summary, "wall_time_s": time.perf_counter() - t0}
+
     try:
         result = trainer.fit()
-    except BaseException as err:
         _close(trainer.loggers)
+        _finish(config, resolved, out, monitors, result, spec)
+        summary = summary_of(result)
+        write_json_atomic(out / "summary.json", summary)
+    except BaseException as err:  # a crash, Ctrl-C or SIGTERM: a failed run, maybe resumable
+        _close(trainer.loggers)
+        if result is not None and _final_checkpoint_written(out / "checkpoint.pt", result):
+            write_json_atomic(out / "summary.json", summary_of(result))  # only this was left
+            raise
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         write_json_atomic(out / "summary.json", {
             "status": "failed", "reason": status, "error": describe_error(err),
             "wall_time_s": time.perf_counter() - t0})
         raise
-    _close(trainer.loggers)
-    summary = dict(result.summary)
-    summary["device"] = str(device)
+    return RunResult(out, summary["status"], summary, result.history, result.model)
+
+
+def _final_checkpoint_written(path: Path, result: Any) -> bool:
+    """Whether ``path`` is the final checkpoint of ``result``: then an interruption came after
+    everything but the summary was written, and the run is complete (not resumable)."""
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError:
+        return False
+    return ckpt.get("resumable") is False and ckpt.get("step") == result.steps
+
+
+def _finish(config: RunConfig, resolved: dict[str, Any], out: Path, monitors: list,
+            result: Any, spec: dict[str, Any]) -> None:
+    """After training: figures, the monitors' files, the final checkpoint."""
     if config.output.figures:
         plot_training(result.history, out / "figures" / "loss.png",
                       title=f"{config.data.name} / {config.train.optimizer}")
     for m in monitors:
         m.write_artifacts(out, figures=config.output.figures)
     if config.output.checkpoint:
-        save_torch_atomic(out / "checkpoint.pt", {
-            "model": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
-            "model_spec": model_spec(config, trainer.data), "config": resolved,
+        save_checkpoint(out / "checkpoint.pt", {
+            **_checkpoint_header(), "resumable": False,
+            "model": result.model.state_dict(), "model_spec": spec, "config": resolved,
             "step": result.steps})
-    summary["wall_time_s"] = time.perf_counter() - t0
-    write_json_atomic(out / "summary.json", summary)
-    return RunResult(out, summary["status"], summary, result.history, result.model)
+    else:  # the resumable checkpoint is not wanted once the run has finished
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+
+
+# ---- resuming a run -------------------------------------------------------------------------
+def _checkpoint_header() -> dict[str, Any]:
+    from catapults import __version__
+
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "catapults_version": __version__, "torch_version": torch.__version__}
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (a job scheduler's preemption) raises ``KeyboardInterrupt`` as
+    Ctrl-C does, so a run records itself as interrupted (and, with checkpoints, can be resumed);
+    the previous handler comes back afterwards. Does nothing outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resume(run_dir: str | Path, *, progress: bool | None = None) -> RunResult:
+    """Continue the run in ``run_dir``, killed or interrupted, from its last checkpoint (written
+    every ``output.checkpoint_every`` steps). The Python face of ``catapults resume``.
+
+    The run ends as the uninterrupted run would have: the same steps (bit for bit on the CPU with
+    the same threads), every step's metrics row once (rows from the checkpoint's step on are
+    dropped from ``metrics.jsonl`` before training continues), the same figures and summary
+    (plus ``resumed_from``, the steps it was resumed at).
+
+    A checkpoint holds: ``format``, ``version`` (of the format), ``catapults_version``,
+    ``torch_version``, ``resumable``, ``step`` (the next update), ``model`` (state dict),
+    ``model_spec``, ``optimizer`` (state dict), ``schedule`` (the ``critical`` schedule's measured
+    rate), ``rng`` (torch CPU and CUDA states), ``batch_order`` (its generator's state, epoch,
+    position and the epoch's permutation), ``lr``, ``history`` (every row so far, also those not
+    written with ``log_every > 1``), ``callbacks`` (each monitor's state), ``elapsed_s``,
+    ``config`` (resolved) and ``resumed_from``; it loads with ``torch.load(weights_only=True)``.
+
+    Raises :class:`RunDirError` (not a run, still going in another process, finished,
+    config.yaml unreadable) or :class:`CheckpointError` (none, only the final model, corrupt,
+    another version, another config) naming the file, before anything in ``run_dir`` changes.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory")
+    if not is_run_dir(run_dir):
+        raise RunDirError(f"{run_dir}: not a run directory (it has no {RUN_MARKER} marker "
+                          "written by catapults)")
+    with run_lock(run_dir):  # refused while the run is still going
+        return _resume(run_dir, t0=t0, progress=progress)
+
+
+def _resume(run_dir: Path, *, t0: float, progress: bool | None) -> RunResult:
+    """:func:`resume` of a run directory, holding its lock."""
+    config, resolved, ckpt = _resumable(run_dir)
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
+    device, model, monitors, trainer = _build(config, progress=progress)
+    try:
+        trainer.load_state_dict(ckpt)
+    except CheckpointError as err:
+        raise CheckpointError(f"{run_dir / 'checkpoint.pt'}: {err}") from None
+    step = trainer.step
+    keep = _metrics_before(run_dir / "metrics.jsonl", step)
+    # checked: from here on the run directory changes
+    write_bytes_atomic(run_dir / "metrics.jsonl", keep)
+    (run_dir / "summary.json").unlink(missing_ok=True)
+    return _train(config, resolved, run_dir, device, monitors, trainer, t0=t0,
+                  resumed_from=[*ckpt.get("resumed_from", []), step])
+
+
+def _resumable(run_dir: Path) -> tuple[RunConfig, dict[str, Any], dict[str, Any]]:
+    """The config, resolved config dict and checkpoint of a run that can be resumed, else
+    :class:`RunDirError` / :class:`CheckpointError` naming the file. Reads only."""
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        try:
+            status = read_json_object(summary_path).get("status")
+        except ConfigError as err:
+            raise RunDirError(str(err)) from None
+        if status in ("completed", "diverged"):
+            raise RunDirError(f"{summary_path}: the run has finished (status {status}); there "
+                              "is nothing to resume")
+    config_path = run_dir / "config.yaml"
+    try:
+        resolved = read_yaml(config_path)
+        config = config_from_dict(resolved)
+    except ConfigError as err:
+        text = str(err)
+        raise RunDirError(text if text.startswith(str(config_path))
+                          else f"{config_path}: {text}") from None
+    except OSError as err:
+        raise RunDirError(f"{config_path}: cannot read it: {err.strerror or err}") from None
+    ckpt_path = run_dir / "checkpoint.pt"
+    every = config.output.checkpoint_every
+    if not ckpt_path.is_file():
+        raise CheckpointError(
+            f"{ckpt_path}: no checkpoint to resume from (the run was started without "
+            "output.checkpoint_every)" if every is None else
+            f"{ckpt_path}: no checkpoint to resume from (the run stopped before its first "
+            f"checkpoint at step {every}); start it again with `catapults run --overwrite`")
+    ckpt = read_checkpoint(ckpt_path)
+    _check_checkpoint(ckpt, ckpt_path, resolved, config_path)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise RunDirError(f"{run_dir / 'metrics.jsonl'}: missing, so the rows before step "
+                          f"{ckpt['step']} are lost; the run cannot be resumed")
+    return config, resolved, ckpt
+
+
+def _check_checkpoint(ckpt: dict[str, Any], path: Path, resolved: dict[str, Any],
+                      config_path: Path) -> None:
+    """A checkpoint to resume from: this format and version, resumable, the run's config."""
+    from catapults import __version__
+
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a resumable catapults checkpoint (it holds only a "
+                              "final model, or was written by an earlier version)")
+    if ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("catapults_version") != __version__:
+        raise CheckpointError(
+            f"{path}: written by catapults {ckpt.get('catapults_version')} (checkpoint format "
+            f"{ckpt.get('version')}), this is catapults {__version__} (format "
+            f"{CHECKPOINT_VERSION}); resume it with the version that wrote it")
+    if not ckpt.get("resumable"):
+        raise CheckpointError(f"{path}: holds only the final model of the run, not the state "
+                              "to resume from")
+    where = _first_difference(ckpt.get("config"), resolved)
+    if where is not None:
+        raise CheckpointError(f"{path}: its config differs from {config_path} at {where}; "
+                              "resume needs the config the run was started with")
+    if not isinstance(ckpt.get("step"), int):
+        raise CheckpointError(f"{path}: its step is not an integer")
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    """The first dotted key where two nested dicts differ (``'<root>'``), else None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in [*a, *(k for k in b if k not in a)]:
+            if key not in a or key not in b:
+                return f"{prefix}{key} (present in only one)"
+            found = _first_difference(a[key], b[key], f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    if a == b and type(a) is type(b):
+        return None
+
+    def short(v: Any) -> str:
+        text = repr(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    where = prefix.removesuffix(".") or "<root>"
+    return f"{where} ({short(a)} in the checkpoint, {short(b)} there)"
+
+
+def _metrics_before(path: Path, step: int) -> bytes:
+    """The lines of ``metrics.jsonl`` whose rows describe steps before ``step``, unchanged (rows
+    the killed run wrote after its checkpoint, and a torn last line, are left out)."""
+    keep = []
+    for line in path.read_bytes().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < step:
+            keep.append(line if line.endswith(b"\n") else line + b"\n")
+    return b"".join(keep)
 
 
 def load_run_model(

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from catapults import __version__
 from catapults.cli import config, data, inspect, reproduce, run, sweep
 from catapults.cli.common import Parser
-from catapults.config import ConfigError
+from catapults.errors import CatapultsError
 
-COMMANDS = {"reproduce": reproduce.cmd_reproduce, "run": run.cmd_run, "config": config.cmd_config,
+COMMANDS = {"reproduce": reproduce.cmd_reproduce, "run": run.cmd_run,
+            "resume": run.cmd_resume, "config": config.cmd_config,
             "inspect": inspect.cmd_inspect, "data": data.cmd_data, "sweep": sweep.cmd_sweep,
             "sweep-report": sweep.cmd_sweep_report}
 
@@ -40,11 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from catapults.data import DataError  # imports torch
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError) as err:
+    except CatapultsError as err:  # every error the toolkit raises on purpose
         print(f"catapults: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # stdout closed early (`catapults inspect RUN | head`)

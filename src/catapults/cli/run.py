@@ -1,4 +1,4 @@
-"""``catapults run CONFIG``: train one run."""
+"""``catapults run CONFIG``: train one run; ``catapults resume RUN``: continue a killed one."""
 
 from __future__ import annotations
 
@@ -14,10 +14,27 @@ def add_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides train.device")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    r = sub.add_parser("resume", help="continue a killed or interrupted run from its last "
+                       "checkpoint (a run started with output.checkpoint_every)")
+    r.add_argument("run", help="run directory")
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def cmd_resume(args) -> int:
+    from catapults.runs import resume, sigterm_as_interrupt  # imports torch
+
+    with sigterm_as_interrupt():
+        result = resume(args.run, progress=False if args.no_progress else None)
+    s = result.summary
+    print(f"status: {s['status']}  steps: {s['steps']} (resumed at step "
+          f"{s['resumed_from'][-1]})  final train loss: {s['final_train_loss']:.4g}  test loss: "
+          f"{s['final_test_loss']:.4g}")
+    print(f"run directory: {result.dir}")
+    return 0
 
 
 def cmd_run(args) -> int:
-    from catapults.runs import run  # imports torch
+    from catapults.runs import run, sigterm_as_interrupt  # imports torch
     from catapults.storage.rundir import check_output_path
 
     overrides = list(args.overrides)
@@ -25,8 +42,9 @@ def cmd_run(args) -> int:
         overrides.append(f"train.device={args.device}")
     cfg = load_config(args.config, overrides)
     check_output_path(args.out or cfg.output.dir, "--out" if args.out else "output.dir")
-    result = run(cfg, out_dir=args.out, overwrite=args.overwrite or None,
-                 progress=False if args.no_progress else None)
+    with sigterm_as_interrupt():  # a scheduler's SIGTERM: an interrupted run, as Ctrl-C
+        result = run(cfg, out_dir=args.out, overwrite=args.overwrite or None,
+                     progress=False if args.no_progress else None)
     s = result.summary
     print(f"status: {s['status']}  steps: {s['steps']}  final train loss: "
           f"{s['final_train_loss']:.4g}  test loss: {s['final_test_loss']:.4g}"

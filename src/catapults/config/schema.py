@@ -357,6 +357,12 @@ class OutputConfig(_Section):
     tensorboard: bool = Field(
         False, description="Also write the metrics as TensorBoard event files under "
         "RUN/tensorboard (needs the tensorboard package).")
+    checkpoint_every: int | None = Field(
+        None, ge=1,
+        description="Also write a resumable checkpoint.pt (model, optimizer, schedule, RNG and "
+        "batch order, history, monitors) every this many steps, for `catapults resume RUN` "
+        "(None: only the final checkpoint).",
+    )
     progress: bool = Field(True, description="Show a progress bar.")
 
 

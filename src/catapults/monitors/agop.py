@@ -103,6 +103,13 @@ class AGOPMonitor(Callback):
         except agop_lib.AGOPError as err:
             raise agop_lib.AGOPError(f"monitor.agop: {err}") from None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The alignments measured so far (the final AGOP is computed at the end)."""
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = list(state["rows"])
+
     def on_step_begin(self, state: StepContext, X: Tensor, y: Tensor,
                       record: dict[str, Any]) -> None:
         if state.step % self.every == 0:

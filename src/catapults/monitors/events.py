@@ -43,7 +43,8 @@ class EventsMonitor(Callback):
     """At the end of training: find the catapults in the loss, attribute each one to the NTK
     monitor's measurements (if that monitor ran), score the early warning (mini-batch runs with
     batch kernels), write ``events.json`` and ``figures/events.png``; the count goes into
-    ``summary.json``."""
+    ``summary.json``. It keeps nothing between steps (it reads the trainer's history, which a
+    checkpoint holds), so its ``state_dict`` is empty."""
 
     name = "events"
 

@@ -81,8 +81,18 @@ class NTKMonitor(Callback):
         if self.X is None or self.y is None:
             return
         ntk.check_per_sample(state.model, self.X.to(state.device))
-        self.X, self.y = self.X.to(state.device, state.dtype), self.y.to(
-            state.device, state.dtype)
+        dtype = state.dtype
+        self.X, self.y = self.X.to(state.device, dtype), self.y.to(state.device, dtype)
+        if self._vecs is not None:  # warm start loaded from a checkpoint
+            self._vecs = self._vecs.to(state.device, dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The warm-start eigenvectors and the rows measured so far."""
+        return {"vecs": self._vecs, "rows": self.rows, "batch_rows": self.batch_rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._vecs = state["vecs"]
+        self.rows, self.batch_rows = list(state["rows"]), list(state["batch_rows"])
 
     def on_step_begin(self, state: StepContext, X: Tensor, y: Tensor,
                       record: dict[str, Any]) -> None:

@@ -1,2 +1,3 @@
-"""Storage: crash-safe files (:mod:`~catapults.storage.atomic`) and run directories
-(:mod:`~catapults.storage.rundir`). Imports nothing of the toolkit but its errors."""
+"""Storage: crash-safe files (:mod:`~catapults.storage.atomic`), run directories
+(:mod:`~catapults.storage.rundir`) and checkpoint files (:mod:`~catapults.storage.checkpoint`).
+Imports nothing of the toolkit but its errors."""

@@ -21,10 +21,12 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from catapults.errors import ConfigError, RunExistsError
+from catapults.errors import ConfigError, RunDirError, RunExistsError
 from catapults.storage.atomic import jsonable, read_json_object, write_json_atomic
 
 
@@ -98,6 +100,29 @@ only directories that hold it (never a directory that merely contains a ``config
 def is_run_dir(path: str | Path) -> bool:
     """Whether ``path`` is a run directory written by catapults (it holds :data:`RUN_MARKER`)."""
     return (Path(path) / RUN_MARKER).is_file()
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run's lock while training writes ``run_dir``: an exclusive OS lock (``flock``)
+    on its :data:`RUN_MARKER`, which the OS drops when the process dies (SIGKILL included).
+    Raises :class:`RunDirError` if another process holds it (the run is still going). Changes
+    no file. Without ``fcntl`` (Windows) it does nothing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(Path(run_dir) / RUN_MARKER, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunDirError(f"{run_dir}: the run is still going in another process (it holds "
+                              f"the lock on {RUN_MARKER}); stop it first") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def prepare_run_dir(out: str | Path, *, overwrite: bool) -> Path:

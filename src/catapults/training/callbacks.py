@@ -7,6 +7,12 @@ Callbacks (monitors) see training through four hooks and never need the trainer 
         def on_step_begin(self, state, X, y, record): ...   # model at θ_t; add keys to record
         def on_step_end(self, state, record): ...           # model at θ_{t+1}
         def on_train_end(self, state, summary): ...         # add final figures to summary
+        def state_dict(self): ...                           # what a resumed run needs
+        def load_state_dict(self, state): ...
+
+A callback that keeps measurements between steps returns them from ``state_dict()`` (tensors
+and plain data only: checkpoints load with ``weights_only=True``); a resumed run calls
+``load_state_dict`` before training continues (``on_train_begin`` is called again then).
 """
 
 from __future__ import annotations
@@ -72,3 +78,11 @@ class Callback:
 
     def write_artifacts(self, run_dir, *, figures: bool = True) -> None:  # noqa: B027
         """Write the monitor's files (and figures) into the run directory."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this callback has gathered so far that a resumed run needs (for a checkpoint:
+        tensors, dicts, lists, str, int, float, bool, None). Default: nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027
+        """Take back what :meth:`state_dict` returned (before training resumes)."""
