@@ -207,3 +207,38 @@ def test_plot_functions_return_figures_accept_ax_and_leave_the_backend_alone(tmp
     assert plotting.plot_loss_split(rows, ax=ax) is own and not (tmp_path / "b.png").exists()
     assert isinstance(plotting.plot_spectrum(rows), Figure)
     assert matplotlib.get_backend() == backend
+def test_begin_end_and_state_dict_resume_a_watch(tmp_path):
+    """begin() measures θ_t before the loss is known, end(loss) writes the row (as step() does);
+    a watch resumed from state_dict() holds every step once and goes on counting."""
+    X, y = _data()
+    model = UserNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = catapults.watch(model, opt, probe=(X, y), out=tmp_path / "a", every=2, k=2,
+                          figures=False)
+    for _ in range(4):
+        row = mon.begin((X[:16], y[:16]))
+        assert row["loss"] is None and "ntk/batch_eta_crit" in row and mon.steps == row["step"]
+        loss = F.mse_loss(model(X[:16]), y[:16])
+        assert mon.end(loss)["loss"] == float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with pytest.raises(MonitorError, match="end\\(\\) without begin"):
+        mon.end(1.0)
+    mon.begin()
+    with pytest.raises(MonitorError, match="begin\\(\\) again"):
+        mon.begin()
+    mon.discard()
+    state = mon.state_dict()
+    assert state["steps"] == 4 and [r["step"] for r in state["history"]] == [0, 1, 2, 3]
+    mon.close()
+    again = catapults.watch(model, opt, probe=(X, y), out=tmp_path / "b", every=2, k=2,
+                            figures=False)
+    again.load_state_dict(state)
+    assert again.step(F.mse_loss(model(X), y))["step"] == 4
+    summary = again.close()
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows] == list(range(5)) and summary["steps"] == 5
+    assert rows[:4] == [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").open()]
+    with pytest.raises(MonitorError, match="not a saved watch state"):
+        catapults.watch(model, opt).load_state_dict({"version": 1, "history": [{"step": 3}]})

@@ -15,7 +15,9 @@ learning rate of update t from the optimizer (whatever scheduler set it), measur
 monitors ask for, and writes one metrics row. The monitors are the very objects the built-in
 trainer uses (:class:`~catapults.monitors.NTKMonitor`, :class:`~catapults.monitors.AGOPMonitor`,
 :class:`~catapults.monitors.EventsMonitor`), driven through the same hooks with a small
-:class:`~catapults.training.callbacks.StepContext`.
+:class:`~catapults.training.callbacks.StepContext`. Where the loss is known only after the model
+was measured (Lightning's hooks), :meth:`Watch.begin` measures θ_t and :meth:`Watch.end` adds the
+loss and writes the row; :meth:`Watch.state_dict` / :meth:`Watch.load_state_dict` resume a watch.
 
 Measurements never change the model's parameters, their ``.grad`` or the caller's autograd graph:
 kernels come from separate forward passes and ``torch.autograd.grad`` / ``torch.func``, which do
@@ -35,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from catapults import metrics
+from catapults import metrics, ntk
 from catapults.curvature.agop import Matrix
 from catapults.curvature.checks import check_per_sample
 from catapults.errors import CatapultsError, MonitorError
@@ -47,7 +49,10 @@ from catapults.storage.atomic import write_json_atomic
 from catapults.storage.rundir import create_run_dir, prepare_run_dir
 from catapults.training.callbacks import Callback, StepContext
 
-__all__ = ["Watch", "watch"]
+__all__ = ["Watch", "check_state", "watch"]
+
+STATE_VERSION = 1
+"""The format of :meth:`Watch.state_dict`."""
 
 
 @contextlib.contextmanager
@@ -90,8 +95,15 @@ def _check_probe(model: nn.Module, X: Tensor, y: Tensor) -> tuple[Tensor, Tensor
         raise MonitorError("watch: probe must be a pair of tensors (X, y)")
     if X.shape[0] != y.shape[0] or X.shape[0] == 0:
         raise MonitorError(f"watch: probe X has {X.shape[0]} samples but y has {y.shape[0]}")
-    with torch.no_grad(), eval_mode(model):
-        out = model(X[:2].to(next(model.parameters()).device))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(X[:2].to(next(model.parameters()).device))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MonitorError(f"watch: the model cannot be applied to the probe inputs of shape "
+                           f"{tuple(X.shape)}: {first}") from None
+    if not isinstance(out, Tensor):
+        raise MonitorError(f"watch: the model returns {type(out).__name__}, not a tensor")
     if out.shape[0] != min(2, X.shape[0]):
         raise MonitorError(f"watch: the model maps {min(2, X.shape[0])} probe samples to "
                            f"outputs of shape {tuple(out.shape)}; expected one row per sample")
@@ -102,16 +114,28 @@ def _check_probe(model: nn.Module, X: Tensor, y: Tensor) -> tuple[Tensor, Tensor
     return X, y.reshape(y.shape[0], -1)
 
 
+def check_state(state: Any) -> dict[str, Any]:
+    """``state`` if it is a :meth:`Watch.state_dict` of this version, else :class:`MonitorError`."""
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION \
+            or not isinstance(state.get("history"), list) \
+            or [r.get(metrics.STEP) if isinstance(r, dict) else None
+                for r in state["history"]] != list(range(len(state["history"]))):
+        raise MonitorError(f"watch: not a saved watch state of version {STATE_VERSION}")
+    return state
+
+
 class Watch:
     """A monitor for a hand-written training loop; made by :func:`watch` (see there)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                  monitors: list[Callback], loggers: list[Logger], out: Path | None, *,
-                 figures: bool, settings: dict[str, Any]) -> None:
+                 figures: bool, settings: dict[str, Any],
+                 probe_inputs: Tensor | None = None) -> None:
         p = next(model.parameters())
         self.model, self.optimizer = model, optimizer
         self.monitors, self.loggers, self.out = monitors, loggers, out
         self.figures, self.settings = figures, settings
+        self.probe_inputs = probe_inputs
         self.context = StepContext(model=model, optimizer=optimizer, device=p.device,
                                    dtype=p.dtype, full_batch=True)
         self.status = "running"
@@ -119,6 +143,7 @@ class Watch:
         self._t0 = time.perf_counter()
         self._began = False
         self._closed = False
+        self._pending: dict[str, Any] | None = None
         self.summary: dict[str, Any] | None = None
 
     @property
@@ -137,23 +162,57 @@ class Watch:
                 ``η_crit(B)``; omit it for full-batch training (the probe is the data).
             lr: the learning rate of update t, if the optimizer should not be asked.
 
-        Returns the metrics row (``step``, ``loss``, ``lr`` and the measurements).
+        Returns the metrics row (``step``, ``loss``, ``lr`` and the measurements). The same as
+        :meth:`begin` then :meth:`end`.
         """
+        self.begin(batch, lr=lr, loss=loss)
+        return self.end()
+
+    def begin(self, batch: tuple[Tensor, Tensor] | None = None, *, lr: float | None = None,
+              loss: Tensor | float | None = None) -> dict[str, Any]:
+        """The first half of :meth:`step`, for loops that know update t's loss only later (the
+        Lightning callback): measure θ_t now (with the batch and learning rate of update t) and
+        hold the row until :meth:`end` gives the loss. Returns the row so far (``loss`` None
+        unless given here); it is neither kept nor logged before :meth:`end`."""
         if self._closed:
             raise MonitorError("watch: step() after close()")
+        if self._pending is not None:
+            raise MonitorError("watch: begin() again before end(); call end(loss) or discard()")
         ctx = self.context
         ctx.step, ctx.lr = self.steps, _learning_rate(self.optimizer, lr)
         ctx.full_batch = batch is None
-        row: dict[str, Any] = {metrics.STEP: ctx.step, metrics.LR: ctx.lr,
-                               metrics.LOSS: _as_float(loss)}
-        if not math.isfinite(row[metrics.LOSS]):
-            self.status = "diverged"
+        row: dict[str, Any] = {metrics.STEP: ctx.step, metrics.LR: ctx.lr, metrics.LOSS: None}
+        if loss is not None:
+            row[metrics.LOSS] = _as_float(loss)
+            if not math.isfinite(row[metrics.LOSS]):
+                self.status = "diverged"
         if self.status != "diverged":
             self._measure(row, batch)
+        self._pending = row
+        return row
+
+    def end(self, loss: Tensor | float | None = None) -> dict[str, Any]:
+        """Complete the row begun by :meth:`begin` with the loss of update t (if not given
+        there), keep it in :attr:`history` and send it to the loggers. Returns the row."""
+        row = self._pending
+        if row is None:
+            raise MonitorError("watch: end() without begin()")
+        if loss is not None:
+            row[metrics.LOSS] = _as_float(loss)
+        if row[metrics.LOSS] is None:
+            raise MonitorError("watch: end() needs the loss of update t")
+        if not math.isfinite(row[metrics.LOSS]):
+            self.status = "diverged"
+        self._pending = None
         self.history.append(row)
         for lg in self.loggers:
             lg.log(row)
         return row
+
+    def discard(self) -> None:
+        """Drop the row begun by :meth:`begin` (its update did not happen); nothing is logged.
+        A monitor's own per-step records (the NTK monitor's figures) may keep its measurement."""
+        self._pending = None
 
     def _measure(self, row: dict[str, Any], batch: tuple[Tensor, Tensor] | None) -> None:
         ctx = self.context
@@ -169,13 +228,28 @@ class Watch:
                 for m in self.monitors:
                     m.on_step_begin(ctx, X, y, row)
             except Exception as err:
-                if self._weights_finite():
+                if not self._out_of_range(X):
                     raise
                 self.status = "diverged"
                 row[metrics.DIVERGED_IN] = f"{type(err).__name__}: {err}"
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def _out_of_range(self, X: Tensor | None) -> bool:
+        """After a failed measurement: whether θ_t has left floating-point range (training
+        diverged): non-finite weights, or a non-finite kernel on a few of the measured inputs
+        (finite weights whose kernel overflows, met before the loss is known in :meth:`begin`)."""
+        if not self._weights_finite():
+            return True
+        inputs = X if X is not None else self.probe_inputs
+        if inputs is None:
+            return False
+        try:
+            K = ntk.empirical_ntk(self.model, inputs[:4], kind="full", check=False)
+        except Exception:
+            return False
+        return not bool(torch.isfinite(K).all())
 
     def close(self) -> dict[str, Any]:
         """Finish: find the catapults, write ``events.json``, figures and ``summary.json`` (with
@@ -184,6 +258,7 @@ class Watch:
         if self.summary is not None:
             return self.summary
         self._closed = True
+        self._pending = None
         if self.status == "running":
             self.status = "completed"
         summary: dict[str, Any] = {"status": self.status, "steps": self.steps, "monitors": {},
@@ -221,6 +296,39 @@ class Watch:
             plot_training(self.history, self.out / "figures" / "loss.png",
                           title=f"{type(self.model).__name__} (catapults.watch)", events=ev)
         write_json_atomic(self.out / "summary.json", summary)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resumes this watch elsewhere (:meth:`load_state_dict`): the rows so far (so the
+        step counter), the status, the wall time, and the state of each monitor that offers a
+        ``state_dict()`` (by monitor name). Plain Python values and tensors (``torch.save``)."""
+        states = {}
+        for m in self.monitors:
+            fn = getattr(m, "state_dict", None)
+            if callable(fn):
+                states[m.name] = fn()
+        return {"version": STATE_VERSION, "steps": self.steps, "status": self.status,
+                "history": [dict(r) for r in self.history], "monitors": states,
+                "wall_time_s": time.perf_counter() - self._t0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` before the first step: the rows so far become
+        :attr:`history` (and are sent once to this watch's loggers, so a new ``metrics.jsonl``
+        holds every step once), the step counter goes on from there, and each monitor with a
+        ``load_state_dict`` gets its saved state. :class:`MonitorError` for another format."""
+        state = check_state(state)
+        if self.steps or self._pending is not None or self._closed:
+            raise MonitorError("watch: load_state_dict() only before the first step")
+        self.history.extend(dict(r) for r in state["history"])
+        self.status = "diverged" if state.get("status") == "diverged" else "running"
+        self._t0 -= float(state.get("wall_time_s", 0.0))
+        saved = state.get("monitors") or {}
+        for m in self.monitors:
+            fn = getattr(m, "load_state_dict", None)
+            if callable(fn) and m.name in saved:
+                fn(saved[m.name])
+        for row in self.history:
+            for lg in self.loggers:
+                lg.log(row)
 
     def __enter__(self) -> Watch:
         return self
@@ -325,4 +433,4 @@ def watch(
         if tensorboard:
             all_loggers.append(TensorBoardLogger(out_path / "tensorboard"))
     return Watch(model, optimizer, monitors, all_loggers, out_path, figures=figures,
-                 settings=settings)
+                 settings=settings, probe_inputs=X)
