@@ -855,7 +855,7 @@ def find_catapults(
     absolute minimum height, ``window`` the baseline's calm steps).
 
     Before the noise-calibrated detector, ``ratio`` (3) over the lowest of the last ``window``
-    (20) losses was the whole trigger: lognormal noise of log-sd 0.3 gave ~25 false events
+    (20) losses was the whole trigger: lognormal noise of log-sd 0.3 gave ~28 false events
     per 1000 steps. Now the bar is the larger of that minimum height and a bar calibrated on
     the run's own noise, so noise alone gives at most ``false_positive_rate`` per step."""
     return detect(losses, ratio=ratio, window=window, return_ratio=return_ratio,
