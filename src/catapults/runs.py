@@ -96,9 +96,11 @@ def build_monitors(config: RunConfig, data: Dataset) -> list[Callback]:
         monitors.append(AGOPMonitor(X, reference_agop_for(config, data), every=cfg.every,
                                     centered=cfg.centered, sqrt=cfg.sqrt))
     if m.events.enabled:
-        monitors.append(EventsMonitor(ratio=m.events.ratio, window=m.events.window,
+        monitors.append(EventsMonitor(ratio=m.events.height, window=m.events.window,
                                       return_ratio=m.events.return_ratio,
                                       warning_window=m.events.warning_window,
+                                      false_positive_rate=m.events.false_positive_rate,
+                                      confirm_share=m.events.confirm_share,
                                       series=m.events.series if m.events.series != "auto"
                                       else ("loss" if full_batch else "train_loss")))
     return monitors

@@ -17,7 +17,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--figure", metavar="PNG",
                    help="also write the loss curve with the events (a .png file)")
     p.add_argument("--ratio", type=spike_ratio, default=None,
-                   help="re-detect with this spike ratio (> 1) instead of reading events.json")
+                   help="re-detect with this minimum spike height (> 1, x the loss level before "
+                   "the spike) instead of reading events.json")
 
 
 def _fmt(v, spec=".3g") -> str:
@@ -31,7 +32,7 @@ def _fmt(v, spec=".3g") -> str:
 def format_events_table(events: list[dict]) -> str:
     """A plain-text table of events (dicts as in events.json)."""
     head = ["#", "start", "peak", "end", "lr", "baseline", "peak loss", "x", "L_top/L", "max",
-            "dL_rest", "lmax before", "lmax after", "crit level", "recovered"]
+            "dL_rest", "lmax before", "lmax after", "crit level", "recovered", "confirmed"]
     rows = []
     for i, e in enumerate(events, 1):
         info = e.get("info", {})
@@ -40,12 +41,27 @@ def format_events_table(events: list[dict]) -> str:
                      _fmt(info.get("top_share"), ".2f"), _fmt(info.get("top_share_max"), ".2f"),
                      _fmt(info.get("L_rest_change"), ".2g"),
                      _fmt(info.get("lambda_max_before")), _fmt(info.get("lambda_max_after")),
-                     _fmt(info.get("critical_level")), "yes" if e["recovered"] else "NO"])
+                     _fmt(info.get("critical_level")), "yes" if e["recovered"] else "NO",
+                     {True: "yes", False: "no"}.get(info.get("confirmed"), "-")])
     widths = [max(len(h), *(len(r[k]) for r in rows)) if rows else len(h)
               for k, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
+
+
+def format_calibration(cal: dict | None, oscillations: int | None = None) -> str | None:
+    """One line about the detector's calibration (the ``calibration`` of events.json)."""
+    if not isinstance(cal, dict) or not _is_num(cal.get("sigma")):
+        return None
+    fpr = cal.get("false_positive_rate")
+    line = (f"detector: noise sigma {_fmt(cal.get('sigma'))} (log-loss), bar "
+            f"{_fmt(cal.get('bar_ratio'), '.2f')}x over the baseline, calibrated false events "
+            f"{_fmt(1000 * fpr if _is_num(fpr) and fpr is not None else None, '.2f')} per 1000 "
+            "steps of noise")
+    if oscillations:
+        line += f"; {oscillations} oscillation episode(s)"
+    return line
 
 
 def _is_num(v: Any) -> bool:
@@ -113,19 +129,28 @@ def cmd_inspect(args) -> int:
     history = _read_history(run_dir)
     path = run_dir / "events.json"
     if path.is_file() and args.ratio is None:
-        events, warn = _check_events(read_json_object(path), path)
+        data = read_json_object(path)
+        events, warn = _check_events(data, path)
+        cal, n_osc = data.get("calibration"), data.get("oscillations")
+        confirmed = data.get("confirmed_count")
     else:
         kw = {}
         if args.ratio is not None:  # the return ratio (default 1.5) must stay below the ratio
             kw = {"ratio": args.ratio, "return_ratio": min(1.5, (1 + args.ratio) / 2)}
         res = analyse_history(history, **kw)
         events, warn = [e.to_dict() for e in res["events"]], res["early_warning"]
+        cal, n_osc = res["calibration"], len(res["oscillations"])
+        confirmed = res["confirmed_count"]
     summary = {}
     if (run_dir / "summary.json").is_file():
         summary = read_summary(run_dir)
     print(f"run: {run_dir}  status: {summary.get('status', '?')}  steps: "
           f"{summary.get('steps', len(history))}  catapults: {len(events)} "
-          f"({sum(e['recovered'] for e in events)} recovered)")
+          f"({sum(e['recovered'] for e in events)} recovered"
+          + (f", {confirmed} confirmed spectrally" if isinstance(confirmed, int) else "") + ")")
+    line = format_calibration(cal, n_osc if isinstance(n_osc, int) else None)
+    if line:
+        print(line)
     if events:
         print(format_events_table(events))
     if warn:

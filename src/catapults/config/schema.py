@@ -317,13 +317,28 @@ class AGOPMonitorConfig(_Section):
 
 
 class EventsMonitorConfig(_Section):
-    """Catapult detection (algorithm: catapults.detect.find_catapults)."""
+    """Catapult detection (algorithm: catapults.detect, docs/detector.md)."""
 
     enabled: bool = Field(False, description="Detect catapults in the loss and write events.json.")
-    ratio: float = Field(3.0, gt=1.0, description="A spike rises to ratio x the recent baseline.")
-    window: int = Field(20, ge=1, description="Window (steps) of the running baseline.")
+    ratio: float = Field(
+        3.0, gt=1.0, description="Absolute minimum height: a spike rises to at least ratio x the "
+        "loss level before it, whatever the noise (the bar is also calibrated on the run's noise).")
+    min_height: float | None = Field(
+        None, gt=1.0, description="The same as `ratio` (its newer name); None: `ratio`. Setting "
+        "both to different values is an error.")
+    window: int = Field(
+        100, ge=1, description="Calm steps whose lowest loss is the baseline (was 20 before the "
+        "noise-calibrated detector; 20 is still valid, with its own calibration).")
     return_ratio: float = Field(
-        1.5, ge=1.0, description="A spike has ended when the loss is back below this x baseline.")
+        1.5, ge=1.0, description="A spike has ended when the loss is back below this x baseline "
+        "(or below the geometric midpoint of baseline and peak).")
+    false_positive_rate: float = Field(
+        1e-3, ge=1e-4, le=0.1, description="False events per step that noise alone may give: the "
+        "bar is calibrated on noise-only curves of the run's noise level to keep within it.")
+    confirm_share: float = Field(
+        0.5, gt=0.0, le=1.0, description="With the NTK tracked, an event is confirmed when "
+        "L_top/L at its peak is at least this and lambda_max is lower after it than before "
+        "(confirmed_count in events.json and summary.json).")
     series: Literal["auto", "loss", "train_loss"] = Field(
         "auto", description="Loss series to search: 'loss' (the loss of each step's batch; the "
         "full loss for GD), 'train_loss' (full training loss, every train.eval_every steps: set "
@@ -332,11 +347,19 @@ class EventsMonitorConfig(_Section):
         5, ge=0, description="Early warning: an event must start within this many steps of a flag."
     )
 
+    @property
+    def height(self) -> float:
+        """The minimum height in use: ``min_height`` if set, else ``ratio``."""
+        return self.min_height if self.min_height is not None else self.ratio
 
     @model_validator(mode="after")
     def _check(self) -> EventsMonitorConfig:
-        if self.return_ratio >= self.ratio:
-            raise ValueError("return_ratio must be smaller than ratio")
+        if self.min_height is not None and self.min_height != self.ratio:
+            if "ratio" in self.model_fields_set:
+                raise ValueError("min_height and ratio are the same setting; give one of them")
+            self.__dict__["ratio"] = self.min_height  # one value (a resolved config reloads)
+        if self.return_ratio >= self.height:
+            raise ValueError("return_ratio must be smaller than ratio (min_height)")
         return self
 
 

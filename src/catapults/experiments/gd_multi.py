@@ -47,6 +47,7 @@ def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str,
         res = _run(cfg, out / "runs" / f"{tag}-raises{k}")
         results.append(res)
         rows.append({"raises": k, "catapults": _events(res).get("count"),
+                     "loss_noise_sigma": (_events(res).get("calibration") or {}).get("sigma"),
                      "status": res.status, "final_train_loss": res.summary["final_train_loss"],
                      "final_test_loss": res.summary["final_test_loss"],
                      "final_test_error": res.summary.get("final_test_error")})

@@ -37,8 +37,10 @@ def exp_gd_single(out: Path, size: str) -> ExperimentResult:
               "L_rest": r["ntk/L_rest"], "critical_level": r["ntk/critical_level"],
               **{f"lambda_{i + 1}": v for i, v in enumerate(r["ntk/lambda"])}} for r in rows]
     csv_path = _write_csv(out / "gd-single.csv", table)
+    confirmed = sum(e["info"].get("confirmed") is True for e in events)
     claims = [make_claim("gd-single/one-catapult", "catapult",
-                         "number of catapults detected at lr = 1.5 eta_crit", float(len(events)))]
+                         "number of catapults detected at lr = 1.5 eta_crit", float(len(events)),
+                         confirmed=confirmed)]
     ev = events[0] if events else None
     share = ev["info"].get("top_share") if ev else None
     claims.append(make_claim("gd-single/top-share", "claim 1",

@@ -50,6 +50,8 @@ def _batch_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, lr: flo
             results.append(res)
             rows.append({"batch_size": b, "seed": seed, "status": res.status,
                          "catapults": _events(res).get("count"),
+                         # the detector's noise estimate: smaller batches, noisier losses
+                         "loss_noise_sigma": (_events(res).get("calibration") or {}).get("sigma"),
                          "final_train_loss": res.summary["final_train_loss"],
                          "final_test_loss": res.summary["final_test_loss"],
                          "final_test_error": res.summary.get("final_test_error"),

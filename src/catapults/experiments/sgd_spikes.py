@@ -69,7 +69,9 @@ def exp_sgd_spikes(out: Path, size: str) -> ExperimentResult:
                                   "recovered", "lr", "top_share"])]
     figs = [_fig_sgd_spikes(table, events, out / "sgd-spikes.png")]
     return ExperimentResult("sgd-spikes", claims, figs, tables,
-                            notes=[f"{len(events)} spikes; early-warning precision "
+                            notes=[f"{len(events)} spikes ({_events(res).get('confirmed_count')} "
+                                   "confirmed spectrally: top-eigenspace share >= 0.5 and "
+                                   "lambda_max lower after); early-warning precision "
                                    f"{warn.get('precision')}"])
 
 

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from catapults import metrics, ntk
 from catapults.curvature.agop import Matrix
 from catapults.curvature.checks import check_per_sample
+from catapults.detect import DEFAULT_FALSE_POSITIVE_RATE, DEFAULT_WINDOW
 from catapults.errors import CatapultsError, MonitorError
 from catapults.loggers import JSONLinesLogger, Logger, TensorBoardLogger
 from catapults.monitors.agop import AGOPMonitor
@@ -356,7 +357,8 @@ def watch(
     agop_every: int = 50,
     events: bool = True,
     ratio: float = 3.0,
-    window: int = 20,
+    window: int = DEFAULT_WINDOW,
+    false_positive_rate: float = DEFAULT_FALSE_POSITIVE_RATE,
     loggers: Sequence[Logger] = (),
     tensorboard: bool = False,
     figures: bool = True,
@@ -380,7 +382,8 @@ def watch(
         agop: a reference AGOP (``d × d`` tensor or :class:`~catapults.agop.FactoredAGOP`) to
             track the alignment with, on ``agop_inputs`` (default: the probe inputs) every
             ``agop_every`` steps.
-        events: detect catapults in the step losses at ``close()`` (``ratio``, ``window``).
+        events: detect catapults in the step losses at ``close()`` (``ratio``: the minimum
+            height, ``window``, ``false_positive_rate``: see :func:`catapults.detect.detect`).
         loggers: extra :class:`~catapults.loggers.Logger` objects that receive every row.
         overwrite: replace ``out`` if it is a run directory.
 
@@ -416,7 +419,8 @@ def watch(
         except CatapultsError as err:
             raise MonitorError(f"watch: {err}") from None
     if events:
-        monitors.append(EventsMonitor(ratio=ratio, window=window, series=metrics.LOSS))
+        monitors.append(EventsMonitor(ratio=ratio, window=window, series=metrics.LOSS,
+                                      false_positive_rate=false_positive_rate))
     settings = {"every": every, "k": k, "s": s, "ntk": ntk and X is not None,
                 "batch_kernel": batch_kernel, "method": method, "agop": agop is not None,
                 "events": events, "probe_size": None if X is None else int(X.shape[0])}
