@@ -39,6 +39,7 @@ from torch import Tensor
 
 from catapults import metrics
 from catapults.curvature.agop import Matrix
+from catapults.detect import DEFAULT_FALSE_POSITIVE_RATE, DEFAULT_WINDOW
 from catapults.errors import AGOPError, KernelError, MonitorError
 from catapults.loggers import Logger, scalars
 from catapults.monitors.watch import Watch, check_state, watch
@@ -95,7 +96,8 @@ class CatapultsCallback(_LightningCallback):
         out: a run directory to write (``metrics.jsonl``, ``events.json``, ``summary.json``,
             ``figures/``); None writes nothing.
         every, k, s, ntk, batch_kernel, method, agop, agop_inputs, agop_every, events, ratio,
-            window, loggers, tensorboard, figures, overwrite: as in :func:`catapults.watch`.
+            window, false_positive_rate, loggers, tensorboard, figures, overwrite: as in
+            :func:`catapults.watch`.
         full_batch: True: every batch is the whole data set (no batch kernels, as in
             ``watch.step(loss)`` without a batch); False: always mini-batches; None (default):
             a batch that equals the probe ``(X, y)`` (same samples, same order) counts as full.
@@ -124,7 +126,8 @@ class CatapultsCallback(_LightningCallback):
         agop_every: int = 50,
         events: bool = True,
         ratio: float = 3.0,
-        window: int = 20,
+        window: int = DEFAULT_WINDOW,
+        false_positive_rate: float = DEFAULT_FALSE_POSITIVE_RATE,
         loggers: Sequence[Logger] = (),
         tensorboard: bool = False,
         figures: bool = True,
@@ -138,7 +141,8 @@ class CatapultsCallback(_LightningCallback):
         self.options: dict[str, Any] = dict(
             every=every, k=k, s=s, ntk=ntk, batch_kernel=batch_kernel, method=method, agop=agop,
             agop_inputs=agop_inputs, agop_every=agop_every, events=events, ratio=ratio,
-            window=window, loggers=loggers, tensorboard=tensorboard, figures=figures)
+            window=window, false_positive_rate=false_positive_rate, loggers=loggers,
+            tensorboard=tensorboard, figures=figures)
         self.full_batch, self.batch_fn = full_batch, batch_fn
         self.log_to_lightning = log_to_lightning
         self.watch: Watch | None = None
