@@ -576,3 +576,139 @@ def test_trials_run_would_refuse_are_refused_before_anything_is_written(tmp_path
     with pytest.raises(ConfigError, match=message):
         run_sweep(path, out, workers=1, progress=False)
     assert not out.exists()
+
+
+# ---- a killed or interrupted trial resumes from its checkpoint -----------------------------
+def resumable_spec(steps=60):
+    s = spec(grid={"train.lr": [0.3, 0.5]})
+    s["base"]["train"].update(steps=steps, threads=1, device="cpu")
+    s["base"]["monitor"]["ntk"] = {"enabled": True, "every": 7}
+    s["base"]["output"]["checkpoint_every"] = 10
+    return s
+
+
+def test_an_interrupted_trial_resumes_and_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
+    """The sweep is interrupted in a trial right after its checkpoint at step 30; the next
+    `sweep` resumes that trial from step 30 (not from 0) and it ends bit for bit as in a sweep
+    that was never interrupted. A trial whose checkpoint was written with another config
+    (the sweep edited under it) is started again instead."""
+    path = write_spec(tmp_path, resumable_spec())
+    ref = tmp_path / "ref"
+    run_sweep(path, ref, workers=1, progress=False, report=False)
+
+    out = tmp_path / "sw"
+    real = runs.save_checkpoint
+    with monkeypatch.context() as m:
+        def save(p, ckpt):
+            real(p, ckpt)
+            if ckpt.get("resumable") and ckpt["step"] == 30:
+                raise KeyboardInterrupt
+        m.setattr(runs, "save_checkpoint", save)
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(path, out, workers=1, progress=False, report=False)
+    rows = {r["trial_id"]: r for r in read_index(out)}
+    stopped = [t for t, r in rows.items() if r["status"] == "failed"]
+    assert len(stopped) == 1
+    calls = []
+    real_resume = runs.resume
+    monkeypatch.setattr(runs, "resume", lambda d, **kw: calls.append(d) or real_resume(d, **kw))
+    res = run_sweep(path, out, workers=1, progress=False, report=False)
+    assert res.ran == 2 and [os.path.basename(c) for c in calls] == stopped
+    got, want = summaries(out), summaries(ref)
+    assert got[stopped[0]]["resumed_from"] == [30]
+    for tid, r in rows.items():
+        a = (out / r["dir"] / "metrics.jsonl").read_bytes()
+        assert a == (ref / r["dir"] / "metrics.jsonl").read_bytes(), tid
+        assert got[tid]["status"] == "completed"
+        assert got[tid]["final_train_loss"] == want[tid]["final_train_loss"]
+
+
+def test_a_trial_checkpointed_with_another_config_starts_again(tmp_path, monkeypatch):
+    """The first trial of a sweep run with ``train.steps=120`` is interrupted after its
+    checkpoint at step 20; the sweep run again without the override (the trial unfinished, so
+    not refused as edited) starts that trial afresh rather than resuming a checkpoint of
+    another config."""
+    path = write_spec(tmp_path, resumable_spec())
+    out = tmp_path / "sw"
+    real = runs.save_checkpoint
+    with monkeypatch.context() as m:
+        def save(p, ckpt):
+            real(p, ckpt)
+            if ckpt.get("resumable") and ckpt["step"] == 20:
+                raise KeyboardInterrupt
+        m.setattr(runs, "save_checkpoint", save)
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(path, out, workers=1, progress=False, report=False,
+                      overrides=["train.steps=120"])
+    trial = load_sweep(path).trials[0]
+    d = out / "trials" / trial.id
+    edited = load_sweep(path, ["train.steps=120"], threads=7).trials[0].config
+    assert runs.resume_problem(d, edited, ignore=("train.threads",)) is None
+    assert "train.threads" in runs.resume_problem(d, edited)
+    problem = runs.resume_problem(d, trial.config, ignore=("train.threads",))
+    assert problem is not None and "train.steps" in problem
+    run_sweep(path, out, workers=1, progress=False, report=False)
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["status"] == "completed" and "resumed_from" not in summary
+    assert summary["steps"] == 60
+    assert runs.resume_problem(tmp_path / "nothing", trial.config) is not None
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.37])
+def test_sigkill_of_a_sweep_then_resume_matches_the_uninterrupted_sweep(tmp_path, delay):
+    """SIGKILL to the whole process group of a sweep running its trials in worker processes
+    (a node lost), once both trials have checkpointed (plus a delay, so the kill lands at
+    another moment of the step and checkpoint cycle): running the sweep again resumes both
+    trials from their checkpoints and every trial's metrics are byte for byte those of a sweep
+    that was never killed."""
+    import signal
+    import time
+
+    s = resumable_spec(steps=1200)
+    s["base"]["model"]["width"] = 256
+    s["base"]["data"]["n_train"] = 256
+    s["base"]["monitor"]["ntk"]["every"] = 10
+    s["base"]["output"]["checkpoint_every"] = 25
+    path = write_spec(tmp_path, s)
+    ref, out = tmp_path / "ref", tmp_path / "sw"
+    code = ("from catapults.sweeps import run_sweep\n"
+            f"run_sweep({str(path)!r}, {str(out)!r}, workers=2, threads=1, progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            steps = [runs_checkpoint_step(p) for p in out.glob("trials/*/checkpoint.pt")]
+            if len(steps) == 2 and all(st is not None and st >= 50 for st in steps):
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.01)
+        else:
+            pytest.fail("the trials did not checkpoint")
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not any((t / "summary.json").exists() for t in out.glob("trials/*")), \
+        "a trial finished before the kill: the test did not interrupt it"
+    run_sweep(path, out, workers=2, threads=1, progress=False, report=False)
+    run_sweep(path, ref, workers=2, threads=1, progress=False, report=False)
+    got, want = summaries(out), summaries(ref)
+    assert sorted(got) == sorted(want) and len(got) == 2
+    for tid, r in {r["trial_id"]: r for r in read_index(out)}.items():
+        assert got[tid]["status"] == "completed" and len(got[tid]["resumed_from"]) == 1
+        assert ((out / r["dir"] / "metrics.jsonl").read_bytes()
+                == (ref / r["dir"] / "metrics.jsonl").read_bytes()), tid
+        assert r["attempts"] == 2
+    assert not list(out.rglob("*.tmp-*")) and not (out / ".sweep.lock").exists()
+
+
+def runs_checkpoint_step(path):
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)["step"]
+    except Exception:  # not there yet, or being replaced
+        return None

@@ -330,7 +330,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def resume(run_dir: str | Path, *, progress: bool | None = None) -> RunResult:
+def resume(run_dir: str | Path, *, callbacks: list | None = None,
+           loggers: list[Logger] | None = None, progress: bool | None = None) -> RunResult:
     """Continue the run in ``run_dir``, killed or interrupted, from its last checkpoint (written
     every ``output.checkpoint_every`` steps). The Python face of ``catapults resume``.
 
@@ -347,6 +348,10 @@ def resume(run_dir: str | Path, *, progress: bool | None = None) -> RunResult:
     written with ``log_every > 1``), ``callbacks`` (each monitor's state), ``elapsed_s``,
     ``config`` (resolved) and ``resumed_from``; it loads with ``torch.load(weights_only=True)``.
 
+    ``callbacks`` and ``loggers`` are extra monitors and loggers as in :func:`run`; callbacks
+    whose state the checkpoint holds must be passed again, in the same order (those with
+    ``checkpointed = False`` may differ).
+
     Raises :class:`RunDirError` (not a run, still going in another process, finished,
     config.yaml unreadable) or :class:`CheckpointError` (none, only the final model, corrupt,
     another version, another config) naming the file, before anything in ``run_dir`` changes.
@@ -359,15 +364,46 @@ def resume(run_dir: str | Path, *, progress: bool | None = None) -> RunResult:
         raise RunDirError(f"{run_dir}: not a run directory (it has no {RUN_MARKER} marker "
                           "written by catapults)")
     with run_lock(run_dir):  # refused while the run is still going
-        return _resume(run_dir, t0=t0, progress=progress)
+        return _resume(run_dir, t0=t0, callbacks=callbacks, loggers=loggers, progress=progress)
 
 
-def _resume(run_dir: Path, *, t0: float, progress: bool | None) -> RunResult:
+def resume_problem(run_dir: str | Path, config: RunConfig | None = None, *,
+                   ignore: tuple[str, ...] = ()) -> str | None:
+    """Why :func:`resume` would refuse ``run_dir`` (the one-line message), or None when it can
+    continue it. With ``config``, the run must also have been started with that config (its
+    ``output.dir`` and the dotted fields in ``ignore`` aside, e.g. ``"train.threads"``; a resumed
+    run keeps the values it was started with): how a sweep decides to resume a trial rather
+    than start it again. Reads only; does not take the run's lock."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not is_run_dir(run_dir):
+        return f"{run_dir}: not a run directory"
+    try:
+        _, resolved, _ = _resumable(run_dir)
+    except (RunDirError, CheckpointError) as err:
+        return str(err)
+    if config is not None:
+        wanted = config.to_dict()
+        wanted["output"]["dir"] = resolved.get("output", {}).get("dir")
+        for dotted in ignore:
+            *path, last = dotted.split(".")
+            src, dst = resolved, wanted
+            for key in path:
+                src, dst = (src or {}).get(key), (dst or {}).get(key)
+            if isinstance(src, dict) and isinstance(dst, dict) and last in src:
+                dst[last] = src[last]
+        where = _first_difference(wanted, resolved)
+        if where is not None:
+            return f"{run_dir / 'config.yaml'}: the run was started with another config ({where})"
+    return None
+
+
+def _resume(run_dir: Path, *, t0: float, callbacks: list | None, loggers: list[Logger] | None,
+            progress: bool | None) -> RunResult:
     """:func:`resume` of a run directory, holding its lock."""
     config, resolved, ckpt = _resumable(run_dir)
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
-    device, model, monitors, trainer = _build(config, progress=progress)
+    device, model, monitors, trainer = _build(config, callbacks=callbacks, progress=progress)
     try:
         trainer.load_state_dict(ckpt)
     except CheckpointError as err:
@@ -378,7 +414,7 @@ def _resume(run_dir: Path, *, t0: float, progress: bool | None) -> RunResult:
     write_bytes_atomic(run_dir / "metrics.jsonl", keep)
     (run_dir / "summary.json").unlink(missing_ok=True)
     return _train(config, resolved, run_dir, device, monitors, trainer, t0=t0,
-                  resumed_from=[*ckpt.get("resumed_from", []), step])
+                  resumed_from=[*ckpt.get("resumed_from", []), step], extra_loggers=loggers)
 
 
 def _resumable(run_dir: Path) -> tuple[RunConfig, dict[str, Any], dict[str, Any]]:

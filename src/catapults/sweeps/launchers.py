@@ -210,6 +210,8 @@ def run_sweep(sweep: Sweep | str | Path | dict[str, Any], out_dir: str | Path | 
 class _StopWhenSet(Callback):
     """Ends a trial running in this process when another thread sets ``event``."""
 
+    checkpointed = False  # a control, not a measurement: not part of the trial's checkpoint
+
     def __init__(self, event: threading.Event) -> None:
         self.event = event
 

@@ -36,19 +36,27 @@ def failure_summary(error: str, reason: str = "failed") -> dict[str, Any]:
 
 def execute_trial(task: dict[str, Any], *, catch_interrupt: bool = True,
                   callbacks: list[Callback] | None = None) -> dict[str, Any]:
-    """Run one trial into ``task['dir']`` (replacing what is there) and return
-    ``{'id', 'status', 'summary', 'error'}``. Never raises for a failing trial: the failure is
+    """Run one trial into ``task['dir']`` and return ``{'id', 'status', 'summary', 'error'}``.
+    A trial directory left by a killed or interrupted attempt that can be resumed (its
+    checkpoint from ``output.checkpoint_every``, written with this trial's config, threads
+    aside) is resumed
+    with :func:`catapults.runs.resume`, so it ends as the uninterrupted trial would; anything
+    else there is replaced by a fresh run. Never raises for a failing trial: the failure is
     written to the trial's ``summary.json`` (and ``traceback.txt``) and returned. An interrupt
     (``KeyboardInterrupt``, which is what SIGTERM raises in a worker process) is recorded the
     same way, with reason ``interrupted``, and re-raised if ``catch_interrupt`` is false."""
     out = Path(task["dir"])
     t0 = time.perf_counter()
     try:
-        if out.exists():
-            shutil.rmtree(out)
         cfg = config_from_dict(task["config"])
-        result = runs.run(cfg, out_dir=out, overwrite=True, progress=False,
-                          callbacks=callbacks or None)
+        # a resumed trial keeps its threads (bit for bit), whatever this sweep's --threads
+        if out.exists() and runs.resume_problem(out, cfg, ignore=("train.threads",)) is None:
+            result = runs.resume(out, progress=False, callbacks=callbacks or None)
+        else:
+            if out.exists():
+                shutil.rmtree(out)
+            result = runs.run(cfg, out_dir=out, overwrite=True, progress=False,
+                              callbacks=callbacks or None)
         return {"id": task["id"], "status": result.status, "summary": result.summary,
                 "error": None}
     except (Exception, KeyboardInterrupt) as err:

@@ -62,6 +62,10 @@ class Callback:
     """Base class of monitors; override any hook. Hooks must not change the parameters."""
 
     name = "callback"
+    #: Whether the trainer's checkpoints hold this callback's state. A callback that only
+    #: observes or controls (a stop flag, a progress hook) sets it false, so a run checkpointed
+    #: with it resumes without it and the other way round.
+    checkpointed = True
 
     def on_train_begin(self, state: StepContext) -> None:  # noqa: B027
         pass

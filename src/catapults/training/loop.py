@@ -319,9 +319,13 @@ class Trainer:
             "lr": state.lr if state is not None else self._last_lr,
             "history": state.history if state is not None else list(self._history),
             "callbacks": [{"name": getattr(cb, "name", type(cb).__name__),
-                           "state": cb.state_dict()} for cb in self.callbacks],
+                           "state": cb.state_dict()} for cb in self._checkpointed()],
             "elapsed_s": self._elapsed,
         }
+
+    def _checkpointed(self) -> list[Callback]:
+        """The callbacks whose states the checkpoints hold (``checkpointed`` true)."""
+        return [cb for cb in self.callbacks if getattr(cb, "checkpointed", True)]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict` (of a trainer built the same way): the next
@@ -336,14 +340,14 @@ class Trainer:
                 raise CheckpointError(f"step {step} is outside this run's 0..{self.total_steps}")
             self._check_batch_order(step, order)
             names = [c["name"] for c in callbacks]
-            ours = [getattr(cb, "name", type(cb).__name__) for cb in self.callbacks]
+            ours = [getattr(cb, "name", type(cb).__name__) for cb in self._checkpointed()]
             if names != ours:
                 raise CheckpointError(f"it holds the state of callbacks {names}, this run has "
                                       f"{ours}")
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.generator.set_state(order["generator"])
-            for cb, saved in zip(self.callbacks, callbacks):
+            for cb, saved in zip(self._checkpointed(), callbacks):
                 cb.load_state_dict(saved["state"])
             self._critical_lr = state["schedule"]["critical_lr"]
             self._rng = dict(state["rng"])
