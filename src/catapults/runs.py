@@ -42,7 +42,9 @@ from catapults.storage.rundir import (
     RUN_MARKER,
     create_run_dir,
     describe_error,
+    first_difference,
     is_run_dir,
+    metrics_before,
     prepare_run_dir,
     run_lock,
 )
@@ -391,7 +393,7 @@ def resume_problem(run_dir: str | Path, config: RunConfig | None = None, *,
                 src, dst = (src or {}).get(key), (dst or {}).get(key)
             if isinstance(src, dict) and isinstance(dst, dict) and last in src:
                 dst[last] = src[last]
-        where = _first_difference(wanted, resolved)
+        where = first_difference(wanted, resolved)
         if where is not None:
             return f"{run_dir / 'config.yaml'}: the run was started with another config ({where})"
     return None
@@ -409,7 +411,7 @@ def _resume(run_dir: Path, *, t0: float, callbacks: list | None, loggers: list[L
     except CheckpointError as err:
         raise CheckpointError(f"{run_dir / 'checkpoint.pt'}: {err}") from None
     step = trainer.step
-    keep = _metrics_before(run_dir / "metrics.jsonl", step)
+    keep = metrics_before(run_dir / "metrics.jsonl", step)
     # checked: from here on the run directory changes
     write_bytes_atomic(run_dir / "metrics.jsonl", keep)
     (run_dir / "summary.json").unlink(missing_ok=True)
@@ -471,47 +473,12 @@ def _check_checkpoint(ckpt: dict[str, Any], path: Path, resolved: dict[str, Any]
     if not ckpt.get("resumable"):
         raise CheckpointError(f"{path}: holds only the final model of the run, not the state "
                               "to resume from")
-    where = _first_difference(ckpt.get("config"), resolved)
+    where = first_difference(ckpt.get("config"), resolved)
     if where is not None:
         raise CheckpointError(f"{path}: its config differs from {config_path} at {where}; "
                               "resume needs the config the run was started with")
     if not isinstance(ckpt.get("step"), int):
         raise CheckpointError(f"{path}: its step is not an integer")
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
-    """The first dotted key where two nested dicts differ (``'<root>'``), else None."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in [*a, *(k for k in b if k not in a)]:
-            if key not in a or key not in b:
-                return f"{prefix}{key} (present in only one)"
-            found = _first_difference(a[key], b[key], f"{prefix}{key}.")
-            if found is not None:
-                return found
-        return None
-    if a == b and type(a) is type(b):
-        return None
-
-    def short(v: Any) -> str:
-        text = repr(v)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    where = prefix.removesuffix(".") or "<root>"
-    return f"{where} ({short(a)} in the checkpoint, {short(b)} there)"
-
-
-def _metrics_before(path: Path, step: int) -> bytes:
-    """The lines of ``metrics.jsonl`` whose rows describe steps before ``step``, unchanged (rows
-    the killed run wrote after its checkpoint, and a torn last line, are left out)."""
-    keep = []
-    for line in path.read_bytes().splitlines(keepends=True):
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < step:
-            keep.append(line if line.endswith(b"\n") else line + b"\n")
-    return b"".join(keep)
 
 
 def load_run_model(

@@ -189,3 +189,39 @@ def create_run_dir(out: str | Path, *, overwrite: bool) -> Path:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def metrics_before(path: Path, step: int) -> bytes:
+    """The lines of ``metrics.jsonl`` whose rows describe steps before ``step``, unchanged (rows
+    the killed run wrote after its checkpoint, and a torn last line, are left out)."""
+    keep = []
+    for line in path.read_bytes().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < step:
+            keep.append(line if line.endswith(b"\n") else line + b"\n")
+    return b"".join(keep)
+
+
+def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    """The first dotted key where two nested dicts differ (``'<root>'``), else None; the
+    message reads ``a`` as the checkpoint's value and ``b`` as the run directory's."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in [*a, *(k for k in b if k not in a)]:
+            if key not in a or key not in b:
+                return f"{prefix}{key} (present in only one)"
+            found = first_difference(a[key], b[key], f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    if a == b and type(a) is type(b):
+        return None
+
+    def short(v: Any) -> str:
+        text = repr(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    where = prefix.removesuffix(".") or "<root>"
+    return f"{where} ({short(a)} in the checkpoint, {short(b)} there)"
