@@ -53,9 +53,15 @@ def test_only_the_cli_imports_the_cli():
         assert not bad, f"{path.relative_to(SRC)} imports {bad}"
 
 
-def _claim(key: str, passed: bool):
-    threshold = THRESHOLDS[key][1]
-    return make_claim(key, "claim", "statistic", threshold if passed else None)
+def _claim(key: str, passed: bool | None):
+    """A claim decided on three equal per-seed values: on its threshold (pass), on the wrong
+    side of it (fail), or none at all (None: not run)."""
+    op, threshold = THRESHOLDS[key]
+    if passed is None:
+        return make_claim(key, "claim", "statistic", [None, None, None])
+    wrong = threshold - 1 if op.startswith(">") else threshold + 1
+    right = threshold + (0.5 if op == ">" else -0.5 if op == "<" else 0.0)
+    return make_claim(key, "claim", "statistic", [right if passed else wrong] * 3)
 
 
 @pytest.mark.parametrize("fails", [0, 1])
@@ -65,8 +71,10 @@ def test_reproduce_strict_exit_code(tmp_path, monkeypatch, capsys, fails):
     def fake_reproduce(experiment, *, out, size, threads):
         calls.append((experiment, size))
         keys = list(THRESHOLDS)
-        claims = [_claim(keys[0], True), _claim(keys[1], not fails), _claim(keys[2], True)]
-        assert [c.passed for c in claims] == [True, not fails, True]
+        claims = [_claim(keys[0], True), _claim(keys[1], not fails), _claim(keys[2], True),
+                  _claim(keys[3], None)]  # not run: neither passed nor failed
+        assert [c.status for c in claims] == ["pass", "fail" if fails else "pass", "pass",
+                                              "not run"]
         return [ExperimentResult("fake", claims, [], [])]
 
     monkeypatch.setattr(experiments, "reproduce", fake_reproduce)
@@ -76,7 +84,7 @@ def test_reproduce_strict_exit_code(tmp_path, monkeypatch, capsys, fails):
     assert cli.main([*argv, "--strict"]) == fails
     err = capsys.readouterr().err
     if fails:
-        assert err == (f"catapults: 1 of 3 claims failed (--strict): {list(THRESHOLDS)[1]}\n")
+        assert err == (f"catapults: 1 of 4 claims failed (--strict): {list(THRESHOLDS)[1]}\n")
     else:
         assert err == ""
     assert calls == [("all", "tiny")] * 2

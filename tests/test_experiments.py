@@ -10,18 +10,31 @@ import yaml
 
 from catapults import cli
 from catapults.config import config_from_dict
-from catapults.experiments import EXPERIMENTS, THRESHOLDS, make_claim, spearman
+from catapults.experiments import EXPERIMENTS, THRESHOLDS, format_claims, make_claim
 
 
-def test_spearman_and_claims():
-    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert spearman([1, 2], [1, 2]) is None
-    assert spearman([1, 2, 3], [5, 5, 5]) is None
-    c = make_claim("gd-multi/alignment-vs-catapults", "claim 3", "rho", 0.7)
-    assert c.passed and c.threshold == THRESHOLDS["gd-multi/alignment-vs-catapults"][1]
-    assert not make_claim("gd-multi/alignment-vs-catapults", "claim 3", "rho", None).passed
-    assert not make_claim("real-x:gd-multi/test-loss-vs-catapults", "c", "rho", 0.1).passed
+def test_claims_are_decided_on_the_interval_over_seeds():
+    key = "gd-multi/alignment-vs-catapults"  # >= 0.6
+    c = make_claim(key, "claim 3", "rho", [0.7, 0.8, 0.9])
+    assert c.status == "pass" and c.passed and c.threshold == THRESHOLDS[key][1]
+    assert c.value == pytest.approx(0.8) and c.n_seeds == 3
+    assert 0.6 <= c.interval[0] <= 0.8 <= c.interval[1] <= 0.9
+    # the mean passes but the interval reaches below the threshold: fail
+    c = make_claim(key, "claim 3", "rho", [0.2, 0.9, 1.0])
+    assert c.value > 0.6 and c.status == "fail" and not c.passed
+    # one seed (or all runs diverged): not run, with the reason, neither pass nor fail
+    for per_seed in ([0.9], [None, None, None], [float("nan"), 0.9]):
+        c = make_claim(key, "claim 3", "rho", per_seed)
+        assert c.status == "not run" and not c.passed and c.interval is None and c.reason
+    c = make_claim("real-x:gd-multi/test-loss-vs-catapults", "c", "rho", [0.1, 0.2],
+                   reason="the x files are not present")
+    assert c.status == "not run" and c.reason == "the x files are not present"
+    with pytest.raises(TypeError):
+        make_claim(key, "claim 3", "rho", 0.7)  # a point value is not a claim any more
+    table = format_claims([make_claim(key, "claim 3", "rho", [0.7, 0.8, 0.9]),
+                           make_claim(key, "claim 3", "rho", [None])])
+    assert "PASS" in table and "NOT RUN" in table and "95% interval" in table
+    assert "not run:" in table and "at least 2 are needed" in table
 
 
 def test_reproduce_all_tiny(tmp_path, capsys):
@@ -32,8 +45,8 @@ def test_reproduce_all_tiny(tmp_path, capsys):
     # the printed claims table: a header, then one row per claim of claims.json, in order, with
     # PASS exactly for the claims that passed (columns start where their header starts)
     lines = printed.splitlines()
-    heads = [i for i, line in enumerate(lines)
-             if line.split() == ["claim", "id", "value", "threshold", "result"]]
+    heads = [i for i, line in enumerate(lines) if line.split() == [
+        "claim", "id", "value", "95%", "interval", "seeds", "threshold", "result"]]
     assert len(heads) == 1
     head = lines[heads[0]]
     id_at, value_at, result_at = head.index(" id ") + 1, head.index(" value "), head.index("result")
@@ -42,12 +55,23 @@ def test_reproduce_all_tiny(tmp_path, capsys):
         if not line.strip():
             break
         table.append((line[id_at:value_at].strip(), line[result_at:].strip()))
-    assert table == [(c["id"], "PASS" if c["passed"] else "FAIL") for c in doc["claims"]]
+    assert table == [(c["id"], c["status"].upper()) for c in doc["claims"]]
+    assert doc["passed"] + doc["failed"] + doc["not_run"] == doc["total"]
+    for c in doc["claims"]:  # every claim over the tiny size's seeds, decided on its interval
+        assert c["status"] in ("pass", "fail", "not run")
+        assert c["passed"] == (c["status"] == "pass")
+        assert len(c["per_seed"]) == 2
+        if c["status"] == "not run":
+            assert c["reason"] and c["interval"] is None
+        else:
+            lo, hi = c["interval"]
+            assert lo <= c["value"] <= hi
     assert set(doc["experiments"]) == set(EXPERIMENTS)
     assert doc["total"] == len(doc["claims"]) >= 12
     for c in doc["claims"]:
         assert set(c) >= {"id", "claim", "statistic", "value", "comparison", "threshold",
-                          "passed"}
+                          "passed", "status", "interval", "per_seed", "n_seeds", "control",
+                          "basis", "reason"}
         assert isinstance(c["passed"], bool)
         assert c["id"].split(":", 1)[-1] in THRESHOLDS
     for name, info in doc["experiments"].items():
@@ -81,8 +105,10 @@ def test_diverged_run_does_not_break_an_experiment(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ex, "_cfg", diverging)
     rows, results = ex._multi_runs(tmp_path, "tiny", ex._synthetic("tiny"), tag="x")
-    assert rows[-1]["status"] == "diverged" and rows[-1]["agop_alignment"] is None
-    assert all(r["agop_alignment"] is not None for r in rows[:-1])
+    bad = [r for r in rows if r["raises"] == 2]
+    assert bad[0]["status"] == "diverged" and bad[0]["agop_alignment"] is None
+    assert all(r["agop_alignment"] is not None for r in rows if r["raises"] != 2)
+    assert [r["kind"] for r in rows].count("ramp") == 1  # the control of the last level
     assert ex._fig_multi(rows, results, tmp_path / "f.png", "t").is_file()
     assert ex._multi_claims("", rows)  # claims are still computed
 

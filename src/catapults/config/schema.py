@@ -166,6 +166,11 @@ class ModelConfig(_Section):
     out_dim: int | None = Field(
         None, ge=1, description="Output dimension (None: taken from the data's targets)."
     )
+    linearize: bool = Field(
+        False,
+        description="Train the network linearised at its initialisation, f(θ0) + J(θ0)(θ - θ0): "
+        "its NTK is frozen, so it cannot catapult (the null model of `reproduce sgd-spikes`).",
+    )
 
 
 # --------------------------------------------------------------------------------------------

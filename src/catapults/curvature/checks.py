@@ -58,3 +58,13 @@ def trainable_params(model: nn.Module) -> dict[str, Tensor]:
     """The parameters that take part in the kernel: ``{name: tensor}`` of those with
     ``requires_grad``."""
     return {k: v for k, v in model.named_parameters() if v.requires_grad}
+
+
+def kernel_module(model: nn.Module) -> nn.Module:
+    """The module whose empirical NTK at its own parameters equals ``model``'s: ``model``
+    itself, or ``model.tangent_module()`` when the model provides it (a model linear in its
+    parameters around other weights, such as :class:`catapults.models.Linearized`, whose kernel
+    is that of the network at its initialisation). The protocol lets the fast path compute
+    such kernels; it must not change their value."""
+    get = getattr(model, "tangent_module", None)
+    return get() if callable(get) else model

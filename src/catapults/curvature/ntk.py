@@ -34,7 +34,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-from catapults.curvature.checks import check_per_sample, on_model_device, trainable_params
+from catapults.curvature.checks import (
+    check_per_sample,
+    kernel_module,
+    on_model_device,
+    trainable_params,
+)
 from catapults.errors import KernelError
 from catapults.linalg.gram import gram, mirror_upper_, sum_of_gram_products
 
@@ -253,6 +258,9 @@ def empirical_ntk(
         return_outputs: also return the outputs ``f(X)`` of shape ``(n, c)`` (free on the fast
             path, which runs the forward pass anyway).
 
+    A model with a ``tangent_module()`` method (:func:`~catapults.curvature.checks.kernel_module`)
+    has its kernel computed on that module.
+
     Returns:
         ``K`` in the model's device and ``X``'s dtype (``X`` is moved to the model's device).
         Parameters with ``requires_grad=False`` are excluded.
@@ -266,6 +274,13 @@ def empirical_ntk(
     X = on_model_device(model, X)
     if check:
         check_per_sample(model, X)
+    if kernel_module(model) is not model:  # e.g. a linearised network: the kernel of its base
+        K = empirical_ntk(kernel_module(model), X, kind=kind, method=method,
+                          chunk_size=chunk_size, memory_budget=memory_budget, check=False)
+        if not return_outputs:
+            return K
+        with torch.no_grad():
+            return K, model(X).reshape(X.shape[0], -1)
     sink: list[Tensor] = []
     K = None
     if method in ("auto", "fast"):
@@ -287,6 +302,7 @@ def empirical_ntk(
 def ntk_matvec(model: nn.Module, X: Tensor) -> Callable[[Tensor], Tensor]:
     """``v ↦ K v = J (Jᵀ v)`` for ``v`` of shape ``(n·c,)`` or ``(n·c, k)``, J never formed
     (one VJP and one JVP per vector, batched over columns with vmap)."""
+    model = kernel_module(model)
     params = {k: v.detach() for k, v in trainable_params(model).items()}
     buffers = dict(model.named_buffers())
 

@@ -106,8 +106,11 @@ def reproduce(experiment: str, *, out: str | Path = "reproduce", size: str = "fu
         write_json_atomic(out / name / "claims.json", _claims_doc([res], size))
         results.append(res)
         if echo:
-            echo(f"[reproduce] {name}: {sum(c.passed for c in res.claims)}/{len(res.claims)} "
-                 f"claims pass, {res.seconds:.0f} s; figures: "
+            counts = {k: sum(c.status == k for c in res.claims)
+                      for k in ("pass", "fail", "not run")}
+            echo(f"[reproduce] {name}: {counts['pass']} pass, {counts['fail']} fail, "
+                 f"{counts['not run']} not run of {len(res.claims)} claims, "
+                 f"{res.seconds:.0f} s; figures: "
                  + ", ".join(str(p) for p in res.figures))
     write_json_atomic(out / "claims.json", _claims_doc(results, size))
     if echo:

@@ -30,8 +30,8 @@ def _cfg(**sections: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def _run(cfg: dict[str, Any], out: Path) -> RunResult:
-    return run(config_from_dict(cfg), out_dir=out, overwrite=True)
+def _run(cfg: dict[str, Any], out: Path, callbacks: list | None = None) -> RunResult:
+    return run(config_from_dict(cfg), out_dir=out, overwrite=True, callbacks=callbacks)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] = ()) -> Path:
@@ -89,11 +89,18 @@ def _save(fig, path: Path) -> Path:
 
 
 # ---- sizes ---------------------------------------------------------------------------------
-def _synthetic(size: str) -> dict[str, Any]:
+def _seeds(size: str) -> list[int]:
+    """The independent repetitions of every claim: 2 (tiny: the tests), 3 (quick), 5 (full).
+    Seed ``s`` draws the data (``data.seed``), the initialisation and the batch order
+    (``train.seed``)."""
+    return {"tiny": [0, 1], "quick": [0, 1, 2], "full": [0, 1, 2, 3, 4]}[size]
+
+
+def _synthetic(size: str, seed: int = 0) -> dict[str, Any]:
     d = {"tiny": 10, "quick": 20, "full": 100}[size]
     n = {"tiny": 48, "quick": 256, "full": 1024}[size]
     return {"name": "synthetic", "target": "x1*x2", "d": d, "n_train": n,
-            "n_test": {"tiny": 200, "quick": 2000, "full": 4000}[size], "seed": 0}
+            "n_test": {"tiny": 200, "quick": 2000, "full": 4000}[size], "seed": seed}
 
 
 def _width(size: str) -> int:

@@ -1,17 +1,18 @@
 """gd-multi: multiple catapults from learning-rate raises in full-batch GD; test loss and AGOP
-alignment against the number of catapults. Its runs, claims and figure also serve ``real``.
+alignment against the number of catapults, over seeds, against two controls (the schedule kept
+below the critical rate, and a smooth ramp to the same final learning rate). Its runs, claims
+and figure also serve ``real``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from catapults.experiments.claims import Claim, ExperimentResult, make_claim, spearman
+from catapults.experiments.claims import Claim, ExperimentResult, make_claim
 from catapults.experiments.common import (
     _cfg,
     _events,
@@ -19,38 +20,65 @@ from catapults.experiments.common import (
     _plt,
     _run,
     _save,
+    _seeds,
     _synthetic,
     _synthetic_reference,
     _width,
     _write_csv,
 )
+from catapults.experiments.stats import effect_size, paired_differences, spearman
 from catapults.runs import RunResult
 
 
-def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str,
+def _levels(size: str) -> tuple[int, int]:
+    """(K, gap): runs with 0..K raises (K + 1 >= 5 levels for the rank correlations), ``gap``
+    steps apart."""
+    return 4, {"tiny": 60, "quick": 100, "full": 150}[size]
+
+
+def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, seed: int = 0,
                 reference: Callable[[list[RunResult]], tuple[torch.Tensor, torch.Tensor]]
                 | None = None) -> tuple[list[dict[str, Any]], list[RunResult]]:
-    """Runs with k = 0..K learning-rate raises to 1.3x the critical rate measured at the raise."""
-    K = {"tiny": 2, "quick": 3, "full": 4}[size]
-    gap = {"tiny": 60, "quick": 100, "full": 150}[size]
+    """One seed's runs: k = 0..K learning-rate raises to 1.3x the critical rate measured at the
+    raise (k = 0: 0.9x the initial critical rate throughout, the below-critical baseline), and
+    the *ramp* control: the same start and the same final learning rate as the K-raise run,
+    reached by a linear ramp (many small steps) between the first and the last raise."""
+    K, gap = _levels(size)
+    steps = 40 + gap * (K + 1)
     results, rows = [], []
-    for k in range(K + 1):
-        # k = 0: 0.9x the initial critical rate (no catapult); k raises: 1.3x at each milestone
-        milestones = [0] + [40 + gap * i for i in range(k)]
-        values = [0.9] + [1.3] * k
-        cfg = _cfg(data=data, model={"width": _width(size), "depth": 2},
-                   train={"optimizer": "gd", "lr": 1.0, "steps": 40 + gap * (K + 1),
-                          "eval_every": 10,
-                          "schedule": {"kind": "critical", "milestones": milestones,
-                                       "values": values}},
-                   monitor={"events": {"enabled": True}})
-        res = _run(cfg, out / "runs" / f"{tag}-raises{k}")
+
+    def train(schedule: dict[str, Any], lr: float = 1.0) -> dict[str, Any]:
+        return {"optimizer": "gd", "lr": lr, "steps": steps, "eval_every": 10, "seed": seed,
+                "schedule": schedule}
+
+    def record(res: RunResult, raises: int | None, kind: str) -> None:
+        ev = _events(res)
         results.append(res)
-        rows.append({"raises": k, "catapults": _events(res).get("count"),
-                     "loss_noise_sigma": (_events(res).get("calibration") or {}).get("sigma"),
-                     "status": res.status, "final_train_loss": res.summary["final_train_loss"],
+        rows.append({"seed": seed, "kind": kind, "raises": raises, "catapults": ev.get("count"),
+                     "loss_noise_sigma": (ev.get("calibration") or {}).get("sigma"),
+                     "status": res.status, "final_lr": res.history[-1]["lr"],
+                     "final_train_loss": res.summary["final_train_loss"],
                      "final_test_loss": res.summary["final_test_loss"],
                      "final_test_error": res.summary.get("final_test_error")})
+
+    model = {"width": _width(size), "depth": 2}
+    for k in range(K + 1):
+        milestones = [0] + [40 + gap * i for i in range(k)]
+        cfg = _cfg(data=data, model=model,
+                   train=train({"kind": "critical", "milestones": milestones,
+                                "values": [0.9] + [1.3] * k}),
+                   monitor={"events": {"enabled": True}}, output={"figures": seed == 0})
+        record(_run(cfg, out / "runs" / f"{tag}-raises{k}-seed{seed}"), k, "raises")
+    top = results[-1]
+    if top.status == "completed":
+        lr0, lr1 = top.history[0]["lr"], top.history[-1]["lr"]
+        first, last = 40, 40 + gap * (K - 1)
+        marks = list(range(first, last + 1, 5))
+        values = [lr0 + (lr1 - lr0) * (m - first + 5) / (last - first + 5) for m in marks]
+        cfg = _cfg(data=data, model=model,
+                   train=train({"kind": "step", "milestones": marks, "values": values}, lr0),
+                   monitor={"events": {"enabled": True}}, output={"figures": False})
+        record(_run(cfg, out / "runs" / f"{tag}-ramp-seed{seed}"), None, "ramp")
     G_ref, X_ref = reference(results) if reference else _synthetic_reference(data)
     for row, res in zip(rows, results):  # a diverged model has no meaningful AGOP
         ok = res.status == "completed"
@@ -58,50 +86,134 @@ def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str,
     return rows, results
 
 
+def _by_seed(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r.get("seed", 0), []).append(r)
+    return out
+
+
+def _pick(rows: list[dict[str, Any]], kind: str, raises: int | None = None) -> dict | None:
+    return next((r for r in rows if r.get("kind", "raises") == kind
+                 and (raises is None or r["raises"] == raises)), None)
+
+
+def _value(row: dict | None, key: str) -> float | None:
+    return None if row is None or row.get("status") != "completed" else row.get(key)
+
+
 def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
-    k = [r["raises"] for r in rows]
-    c = [r["catapults"] for r in rows]
-    al = [r["agop_alignment"] for r in rows]
-    te = [r["final_test_loss"] for r in rows]
+    """The claims over seeds: per seed, rank correlations over the 0..K raise levels, and
+    paired differences of the K-raise run against its two controls (the below-critical
+    baseline, k = 0, and the smooth ramp to the same final learning rate)."""
+    seeds = _by_seed(rows)
+    follow, align, test = [], [], []
+    d_test_base, d_align_base, d_test_ramp, d_align_ramp, ramp_catapults = [], [], [], [], []
+    for srows in seeds.values():
+        lv = sorted((r for r in srows if r.get("kind", "raises") == "raises"),
+                    key=lambda r: r["raises"])
+        k = [r["raises"] for r in lv]
+        c = [r["catapults"] for r in lv]
+        done = [r for r in lv if r["status"] == "completed"]
+        follow.append(spearman(k, c))
+        align.append(spearman([r["catapults"] for r in done], [r["agop_alignment"] for r in done]))
+        test.append(spearman([r["catapults"] for r in done], [r["final_test_loss"] for r in done]))
+        top, base, ramp = lv[-1] if lv else None, _pick(srows, "raises", 0), _pick(srows, "ramp")
+        d_test_base += paired_differences([_value(base, "final_test_loss")],
+                                          [_value(top, "final_test_loss")])
+        d_align_base += paired_differences([_value(top, "agop_alignment")],
+                                           [_value(base, "agop_alignment")])
+        d_test_ramp += paired_differences([_value(ramp, "final_test_loss")],
+                                          [_value(top, "final_test_loss")])
+        d_align_ramp += paired_differences([_value(top, "agop_alignment")],
+                                           [_value(ramp, "agop_alignment")])
+        ramp_catapults.append(None if ramp is None else ramp["catapults"])
+    base_name = "k = 0: the same steps at 0.9 eta_crit(0), no catapult"
+    ramp_name = ("the same start and final lr as the K-raise run, reached by a linear ramp "
+                 "(the final lr without the raises)")
     return [
         make_claim(f"{prefix}gd-multi/catapults-follow-raises", "multiple catapults",
-                   "Spearman(number of lr raises, catapults detected)", spearman(k, c),
-                   raises=k, catapults=c),
+                   "Spearman(number of lr raises, catapults detected) over the levels of a seed",
+                   follow),
         make_claim(f"{prefix}gd-multi/alignment-vs-catapults", "claim 3",
-                   "Spearman(catapults, AGOP alignment)", spearman(c, al), alignment=al),
+                   "Spearman(catapults, AGOP alignment) over the levels of a seed", align),
         make_claim(f"{prefix}gd-multi/test-loss-vs-catapults", "claim 3",
-                   "Spearman(catapults, test loss)", spearman(c, te), test_loss=te),
+                   "Spearman(catapults, test loss) over the levels of a seed", test),
+        make_claim(f"{prefix}gd-multi/test-loss-gain-vs-baseline", "claim 3",
+                   "test loss of the baseline - test loss after K raises (paired by seed)",
+                   d_test_base, control=base_name, d_z=effect_size(d_test_base)),
+        make_claim(f"{prefix}gd-multi/alignment-gain-vs-baseline", "claim 3",
+                   "AGOP alignment after K raises - that of the baseline (paired by seed)",
+                   d_align_base, control=base_name, d_z=effect_size(d_align_base)),
+        make_claim(f"{prefix}gd-multi/test-loss-gain-vs-ramp", "claim 3 (confound)",
+                   "test loss of the ramp - test loss after K raises (paired by seed)",
+                   d_test_ramp, control=ramp_name, d_z=effect_size(d_test_ramp),
+                   ramp_catapults=ramp_catapults),
+        make_claim(f"{prefix}gd-multi/alignment-gain-vs-ramp", "claim 3 (confound)",
+                   "AGOP alignment after K raises - that of the ramp (paired by seed)",
+                   d_align_ramp, control=ramp_name, d_z=effect_size(d_align_ramp),
+                   ramp_catapults=ramp_catapults),
     ]
 
 
 def _fig_multi(rows, results, path: Path, title: str) -> Path:
+    """Left: the training loss of seed 0's runs. Middle and right: test loss and AGOP alignment
+    against the number of catapults, every seed's runs as points (the ramp control as
+    crosses), each on its own axis (no twin axes that make small changes look large)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
+    seed0 = min((r.get("seed", 0) for r in rows), default=0)
     for row, res in zip(rows, results):
+        if row.get("seed", 0) != seed0:
+            continue
         xs = [r["step"] for r in res.history if r.get("loss") is not None]
         ys = [r["loss"] for r in res.history if r.get("loss") is not None]
-        a.plot(xs, ys, lw=0.9, label=f"{row['raises']} raise(s): {row['catapults']} catapult(s)")
+        label = (f"{row['raises']} raise(s): {row['catapults']} catapult(s)"
+                 if row.get("kind", "raises") == "raises"
+                 else f"ramp control: {row['catapults']} catapult(s)")
+        a.plot(xs, ys, lw=0.9, ls="-" if row.get("kind", "raises") == "raises" else ":",
+               label=label)
     a.set_yscale("log")
     a.set_xlabel("step")
     a.set_ylabel("training loss")
-    a.set_title(title)
-    a.legend(fontsize=8)
-    c = [r["catapults"] for r in rows]
-    b.plot(c, [r["final_test_loss"] for r in rows], "o-", color="C1", label="test loss")
-    b.set_xlabel("number of catapults")
-    b.set_ylabel("test loss", color="C1")
-    b2 = b.twinx()
-    b2.plot(c, [math.nan if r["agop_alignment"] is None else r["agop_alignment"] for r in rows],
-            "s--", color="C2", label="AGOP alignment")
-    b2.set_ylabel("AGOP alignment", color="C2")
-    b.set_title("Generalisation and feature learning against catapults")
+    a.set_title(f"{title} (seed {seed0})")
+    a.legend(fontsize=7)
+    for ax, key, label in [(b, "final_test_loss", "test loss"),
+                           (c, "agop_alignment", "AGOP alignment")]:
+        for kind, marker, name in [("raises", "o", "lr raises"), ("ramp", "x", "ramp control")]:
+            pts = [(r["catapults"], r[key]) for r in rows if r.get("kind", "raises") == kind
+                   and r["status"] == "completed" and r.get(key) is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, ls="none",
+                        alpha=0.7, label=name)
+        means: dict[int, list[float]] = {}
+        for r in rows:
+            if (r.get("kind", "raises") == "raises" and r["status"] == "completed"
+                    and r.get(key) is not None and r["catapults"] is not None):
+                means.setdefault(r["catapults"], []).append(r[key])
+        if means:
+            xs = sorted(means)
+            ax.plot(xs, [sum(means[x]) / len(means[x]) for x in xs], "-", color="k", lw=0.8,
+                    label="mean over seeds")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("number of catapults")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    b.set_title("Test loss against catapults")
+    c.set_title("AGOP alignment against catapults")
     return _save(fig, path)
 
 
 def exp_gd_multi(out: Path, size: str) -> ExperimentResult:
     """Multiple catapults from learning-rate raises; test loss and AGOP alignment against them."""
     data = _synthetic(size)
-    rows, results = _multi_runs(out, size, data, tag="gd")
+    rows, results = [], []
+    for seed in _seeds(size):
+        r, res = _multi_runs(out, size, _synthetic(size, seed), tag="gd", seed=seed)
+        rows += r
+        results += res
     claims = _multi_claims("", rows)
     figs = [_fig_multi(rows, results, out / "gd-multi.png", "GD with learning-rate raises")]
     tables = [_write_csv(out / "gd-multi.csv", rows)]

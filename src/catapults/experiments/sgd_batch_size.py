@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from catapults.experiments.claims import Claim, ExperimentResult, make_claim, spearman
+from catapults.experiments.claims import Claim, ExperimentResult, make_claim
 from catapults.experiments.common import (
     _cfg,
     _events,
@@ -21,34 +21,55 @@ from catapults.experiments.common import (
     _plt,
     _run,
     _save,
+    _seeds,
     _synthetic,
     _synthetic_reference,
     _write_csv,
 )
+from catapults.experiments.stats import decide_resampled, spearman, within_slope
 from catapults.runs import RunResult
 
+LR_MULTIPLE = 0.8
+"""Every batch size trains at 0.8x the full-batch critical rate of its initial network (as
+sgd-spikes): full-batch GD does not catapult there, while batches small enough that
+lambda_max(K_B) / b exceeds lambda_max(K) / n cross their own critical rate. (Before issue 15 the
+rate was a fixed lr = 3, at which only batch 4 ever catapulted.)"""
 
-def _batch_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, lr: float,
+
+def _batch_sizes(size: str, n: int) -> list[int]:
+    """At least 5 levels for the rank correlations, several of them small enough to catapult."""
+    return {"tiny": [2, 4, 8, 16, n], "quick": [2, 4, 8, 16, 64, n],
+            "full": [2, 4, 8, 16, 32, 64, 128, n]}[size]
+
+
+def _batch_runs(out: Path, size: str, data: dict[str, Any] | Callable[[int], dict[str, Any]],
+                *, tag: str,
                 reference: Callable[[list[RunResult]], tuple[torch.Tensor, torch.Tensor]]
                 | None = None) -> list[dict[str, Any]]:
-    n = data["n_train"]
-    sizes = {"tiny": [4, 16, n], "quick": [4, 16, 64, n], "full": [2, 4, 8, 16, 32, 64, 128, n]}
-    seeds = {"tiny": [0], "quick": [0, 1, 2], "full": [0, 1, 2, 3, 4]}[size]
+    """Every batch size x seed; ``data`` is a data config or ``seed -> data config``. With a
+    ``reference`` (real data), the reference AGOP is taken per seed from that seed's runs."""
+    data_of = data if callable(data) else (lambda seed: data)
     steps = {"tiny": 120, "quick": 800, "full": 3000}[size]
     rows, results = [], []
-    for b in sizes[size]:
-        for seed in seeds:
+    for seed in _seeds(size):
+        srows, sres = [], []
+        d = data_of(seed)
+        n = d["n_train"]
+        for b in _batch_sizes(size, n):
             full = b >= n
-            cfg = _cfg(data=data, model={"width": {"tiny": 256, "quick": 512, "full": 1024}[size],
-                                         "depth": 2},
-                       train={"optimizer": "gd" if full else "sgd", "lr": lr,
+            cfg = _cfg(data=d, model={"width": {"tiny": 256, "quick": 512, "full": 1024}[size],
+                                      "depth": 2},
+                       train={"optimizer": "gd" if full else "sgd", "lr": 1.0,
                               "batch_size": None if full else b, "steps": steps,
-                              "eval_every": 1, "test_every": 200, "seed": seed},
+                              "eval_every": 1, "test_every": 200, "seed": seed,
+                              "schedule": {"kind": "critical", "milestones": [0],
+                                           "values": [LR_MULTIPLE]}},
                        monitor={"events": {"enabled": True}},
                        output={"checkpoint": reference is not None, "figures": False})
             res = _run(cfg, out / "runs" / f"{tag}-b{b}-seed{seed}")
-            results.append(res)
-            rows.append({"batch_size": b, "seed": seed, "status": res.status,
+            sres.append(res)
+            srows.append({"batch_size": b, "seed": seed, "status": res.status,
+                          "lr": res.history[0]["lr"],
                          "catapults": _events(res).get("count"),
                          # the detector's noise estimate: smaller batches, noisier losses
                          "loss_noise_sigma": (_events(res).get("calibration") or {}).get("sigma"),
@@ -56,10 +77,12 @@ def _batch_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, lr: flo
                          "final_test_loss": res.summary["final_test_loss"],
                          "final_test_error": res.summary.get("final_test_error"),
                          "run": str(res.dir)})
-    G_ref, X_ref = reference(results) if reference else _synthetic_reference(data)
-    for row, res in zip(rows, results):
-        ok = res.status == "completed"
-        row["agop_alignment"] = _final_alignment(res, G_ref, X_ref) if ok else None
+        G_ref, X_ref = reference(sres) if reference else _synthetic_reference(d)
+        for row, res in zip(srows, sres):
+            ok = res.status == "completed"
+            row["agop_alignment"] = _final_alignment(res, G_ref, X_ref) if ok else None
+        rows += srows
+        results += sres
     return rows
 
 
@@ -74,24 +97,49 @@ def _mean_by(rows, key, value):
 
 
 def _batch_claims(prefix: str, rows) -> tuple[list[Claim], list[dict[str, Any]]]:
+    """Per seed, rank correlations over the batch sizes; and, pooled, the slope of alignment
+    and test loss on the number of catapults *within* a batch size (centred per batch size,
+    seeds as the replicates), which separates catapults from batch size itself."""
     agg = {m: _mean_by(rows, "batch_size", m) for m in
            ["catapults", "agop_alignment", "final_test_loss"]}
     bs = sorted({r["batch_size"] for r in rows})
     table = [{"batch_size": b, **{f"{m}_{s}": agg[m].get(b, (None, None, 0))[i]
                                   for m in agg for i, s in enumerate(["mean", "std", "n"])}}
              for b in bs]
+    seeds: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        seeds.setdefault(r["seed"], []).append(r)
+    groups = list(seeds.values())
 
-    def rho(m):
-        pts = [(b, agg[m][b][0]) for b in bs if b in agg[m]]
-        return spearman([p[0] for p in pts], [p[1] for p in pts]) if pts else None
+    def rho(m: str) -> list[float | None]:
+        return [spearman([r["batch_size"] for r in g if r["status"] == "completed"],
+                         [r[m] for r in g if r["status"] == "completed"]) for g in groups]
 
+    def within(m: str) -> list[list[tuple[Any, float, float]]]:
+        return [[(r["batch_size"], r["catapults"], r[m]) for r in g
+                 if r["status"] == "completed" and r.get(m) is not None
+                 and r.get("catapults") is not None] for g in groups]
+
+    within_note = ("least-squares slope, catapults and the metric centred per batch size over "
+                   "seeds (cluster bootstrap over seeds)")
     claims = [
         make_claim(f"{prefix}sgd-batch-size/catapults-vs-batch", "claim 2",
-                   "Spearman(batch size, mean number of catapults)", rho("catapults")),
+                   "Spearman(batch size, catapults) over the batch sizes of a seed",
+                   rho("catapults")),
         make_claim(f"{prefix}sgd-batch-size/alignment-vs-batch", "claim 3",
-                   "Spearman(batch size, mean AGOP alignment)", rho("agop_alignment")),
+                   "Spearman(batch size, AGOP alignment) over the batch sizes of a seed",
+                   rho("agop_alignment")),
         make_claim(f"{prefix}sgd-batch-size/test-loss-vs-batch", "claim 3",
-                   "Spearman(batch size, mean test loss)", rho("final_test_loss")),
+                   "Spearman(batch size, test loss) over the batch sizes of a seed",
+                   rho("final_test_loss")),
+        make_claim(f"{prefix}sgd-batch-size/alignment-per-catapult-within-batch", "claim 3",
+                   "change of AGOP alignment per extra catapult within a batch size",
+                   [], decision=decide_resampled(within("agop_alignment"), within_slope, ">",
+                                                 0.0), control=within_note),
+        make_claim(f"{prefix}sgd-batch-size/test-loss-per-catapult-within-batch", "claim 3",
+                   "change of test loss per extra catapult within a batch size",
+                   [], decision=decide_resampled(within("final_test_loss"), within_slope, "<",
+                                                 0.0), control=within_note),
     ]
     return claims, table
 
@@ -115,11 +163,11 @@ def _fig_batch(table, path: Path, title: str) -> Path:
 
 def exp_sgd_batch_size(out: Path, size: str) -> ExperimentResult:
     """Batch sizes from very small to full batch at one learning rate, several seeds."""
-    data = _synthetic(size)
-    rows = _batch_runs(out, size, data, tag="sgd", lr=3.0)
+    rows = _batch_runs(out, size, lambda seed: _synthetic(size, seed), tag="sgd")
     claims, table = _batch_claims("", rows)
     tables = [_write_csv(out / "sgd-batch-size-runs.csv", rows),
               _write_csv(out / "sgd-batch-size.csv", table)]
     figs = [_fig_batch(table, out / "sgd-batch-size.png",
-                       "SGD at lr 3 on x1*x2: smaller batches, more catapults")]
+                       f"SGD at {LR_MULTIPLE} x the full-batch critical rate on x1*x2: "
+                       "batch size, catapults, alignment, test loss")]
     return ExperimentResult("sgd-batch-size", claims, figs, tables)

@@ -6,6 +6,8 @@ the architecture's own keyword arguments; :data:`ARCHITECTURES` maps each name t
 
 - :mod:`~catapults.models.layers`  :class:`ScaledLinear` (NTK / standard parameterisation)
 - :mod:`~catapults.models.mlp`     :class:`MLP`
+- :mod:`~catapults.models.linearized` :class:`Linearized` (``"linearize": True`` in a spec: the
+  network linearised at its initialisation, a frozen-kernel null)
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from torch import nn
 
 from catapults.errors import ConfigError
 from catapults.models.layers import ScaledLinear
+from catapults.models.linearized import Linearized
 from catapults.models.mlp import ACTIVATIONS, MLP
 
-__all__ = ["ACTIVATIONS", "ARCHITECTURES", "MLP", "ScaledLinear", "build_model"]
+__all__ = ["ACTIVATIONS", "ARCHITECTURES", "MLP", "Linearized", "ScaledLinear", "build_model"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -48,7 +51,9 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
     dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
     in_dim, out_dim = spec.pop("in_dim"), spec.pop("out_dim")
     seed = spec.pop("seed", 0)
+    linearize = spec.pop("linearize", False)
     try:
-        return ARCHITECTURES[arch](in_dim, out_dim, seed=seed, dtype=dtype, **spec)
+        model = ARCHITECTURES[arch](in_dim, out_dim, seed=seed, dtype=dtype, **spec)
     except TypeError as err:
         raise ConfigError(f"model: {arch}: {err}") from None
+    return Linearized(model) if linearize else model
