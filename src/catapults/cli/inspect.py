@@ -133,6 +133,9 @@ def cmd_inspect(args) -> int:
         events, warn = _check_events(data, path)
         cal, n_osc = data.get("calibration"), data.get("oscillations")
         confirmed = data.get("confirmed_count")
+        notes = data.get("warnings") or []
+        if not (isinstance(notes, list) and all(isinstance(x, str) for x in notes)):
+            raise ConfigError(f"{path}: 'warnings' must be a list of strings")
     else:
         kw = {}
         if args.ratio is not None:  # the return ratio (default 1.5) must stay below the ratio
@@ -141,6 +144,7 @@ def cmd_inspect(args) -> int:
         events, warn = [e.to_dict() for e in res["events"]], res["early_warning"]
         cal, n_osc = res["calibration"], len(res["oscillations"])
         confirmed = res["confirmed_count"]
+        notes = res["warnings"]
     summary = {}
     if (run_dir / "summary.json").is_file():
         summary = read_summary(run_dir)
@@ -153,6 +157,8 @@ def cmd_inspect(args) -> int:
         print(line)
     if events:
         print(format_events_table(events))
+    for note in notes:
+        print(f"note: {note}")
     if warn:
         print(f"early warning (eta > eta_crit(B), window {warn['window']}): "
               f"{warn['flags']} flagged steps, precision {_fmt(warn['precision'], '.2f')}, "

@@ -50,5 +50,7 @@ def cmd_run(args) -> int:
           f"{s['final_train_loss']:.4g}  test loss: {s['final_test_loss']:.4g}"
           + (f"  test error: {s['final_test_error']:.4f}" if s.get("final_test_error") is not None
              else ""))
+    for line in ((s.get("monitors") or {}).get("events") or {}).get("warnings") or []:
+        print(f"note: {line}")
     print(f"run directory: {result.dir}  (figures in {result.dir / 'figures'})")
     return 0

@@ -52,6 +52,10 @@ Every result carries the calibration report (:attr:`Detection.calibration`): the
 estimate ``sigma``, the bar (``bar``, log units, and ``bar_ratio``), ``eta``, and the
 calibrated false-positive rate per step measured on the noise-only curves.
 
+:func:`lr_raises` lists the run's learning-rate raises, each with the critical rate measured
+before it and the catapult that followed; :func:`raise_warnings` says which raises could not
+catapult (at or below their critical rate).
+
 With the NTK tracked, :func:`attribute_events` also *confirms* each catapult spectrally (the
 paper's definition): ``info["confirmed"]`` is True when the spike is carried by the top
 eigenspace (``L_top / L >= confirm_share``, default 0.5, at the largest probe loss inside the
@@ -92,6 +96,7 @@ from catapults.detect.events import (
     Detection,
     Oscillation,
 )
+from catapults.detect.raises import RAISE_RATIO, lr_raises, raise_warnings
 
 __all__ = [
     "CONFIRM_SHARE",
@@ -104,6 +109,7 @@ __all__ = [
     "OSCILLATION_RUN",
     "OSCILLATION_SHARE",
     "Oscillation",
+    "RAISE_RATIO",
     "attribute_events",
     "calibrate",
     "calibration",
@@ -111,4 +117,6 @@ __all__ = [
     "early_warning",
     "find_catapults",
     "find_oscillations",
+    "lr_raises",
+    "raise_warnings",
 ]

@@ -15,6 +15,8 @@ from catapults.detect import (
     attribute_events,
     detect,
     early_warning,
+    lr_raises,
+    raise_warnings,
 )
 from catapults.training.callbacks import Callback, StepContext
 
@@ -27,7 +29,9 @@ def analyse_history(history: list[dict[str, Any]], *, ratio: float = 3.0,
     """Events and early warning of a run from its metrics rows (as in ``metrics.jsonl``).
 
     Returns ``{"events": [Catapult...], "count", "confirmed_count", "recovered",
-    "oscillations": [Oscillation...], "calibration", "early_warning" (or None), "steps"}``.
+    "oscillations": [Oscillation...], "calibration", "early_warning" (or None), "steps",
+    "lr_raises", "warnings"}`` (the raises and what they could do:
+    :func:`catapults.detect.lr_raises`, :func:`~catapults.detect.raise_warnings`).
     ``count`` is loss-only; ``confirmed_count`` counts the events confirmed spectrally (top
     eigenspace share ``>= confirm_share`` and ``lambda_max`` lower after than before; None
     when the NTK was not tracked). A claim should use ``confirmed_count`` when it is not None.
@@ -38,7 +42,8 @@ def analyse_history(history: list[dict[str, Any]], *, ratio: float = 3.0,
     rows = [r for r in history if series in r]
     if not rows:
         return {"events": [], "count": 0, "confirmed_count": None, "recovered": 0,
-                "oscillations": [], "calibration": None, "early_warning": None, "steps": 0}
+                "oscillations": [], "calibration": None, "early_warning": None, "steps": 0,
+                "lr_raises": [], "warnings": []}
     steps = [r["step"] for r in rows]
     found = detect([r[series] for r in rows], ratio=ratio, window=window,
                    return_ratio=return_ratio, false_positive_rate=false_positive_rate)
@@ -57,7 +62,9 @@ def analyse_history(history: list[dict[str, Any]], *, ratio: float = 3.0,
     warn = None
     if any(metrics.NTK_BATCH_ETA_CRIT in r for r in history):
         warn = early_warning(flagged, events, window=warning_window, n_steps=len(rows))
-    return {"events": events, "count": len(events),
+    raises = lr_raises(history, events)
+    return {"events": events, "count": len(events), "lr_raises": raises,
+            "warnings": raise_warnings(raises),
             "confirmed_count": (sum(e.info.get("confirmed") is True for e in events)
                                 if tracked else None),
             "recovered": sum(e.recovered for e in events), "oscillations": oscillations,
@@ -90,7 +97,8 @@ class EventsMonitor(Callback):
         assert res is not None
         return {"count": res["count"], "confirmed_count": res["confirmed_count"],
                 "recovered": res["recovered"], "oscillations": len(res["oscillations"]),
-                "calibration": res["calibration"], "early_warning": res["early_warning"]}
+                "calibration": res["calibration"], "early_warning": res["early_warning"],
+                "lr_raises": res["lr_raises"], "warnings": res["warnings"]}
 
     def on_train_end(self, state: StepContext, summary: dict[str, Any]) -> None:
         self.history = state.history
