@@ -91,3 +91,17 @@ def test_config_file_problems_are_named(tmp_path):
     (tmp_path / "adir.yaml").mkdir()
     with pytest.raises(ConfigError, match="adir.yaml: is a directory"):
         load_config(tmp_path / "adir.yaml")
+
+
+def test_every_example_config_validates():
+    """The configs under examples/ (the sweep files aside) load and validate as shipped."""
+    from pathlib import Path
+
+    from catapults.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    files = [p for p in sorted(root.glob("*.yaml")) if not p.name.startswith("sweep")]
+    assert len(files) >= 4
+    for path in files:
+        cfg = load_config(str(path))
+        assert (cfg.train.steps or cfg.train.epochs) > 0, path
