@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from catapults.agop import agop, alignment
 from catapults.config import config_from_dict
 from catapults.data import make_dataset
+from catapults.experiments.features import feature_metrics
 from catapults.runs import RunResult, run
 from catapults.storage.atomic import save_figure_atomic, write_text_atomic
 
@@ -47,9 +47,18 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] = ()) 
     return path
 
 
-def _final_alignment(result: RunResult, reference: torch.Tensor, X: torch.Tensor) -> float:
-    model = result.model.to("cpu").float()
-    return float(alignment(agop(model, X.float()), reference.float()))
+FEATURES = ("agop_alignment", "agop_sqrt_alignment", "target_trace_share",
+            "first_layer_alignment", "energy_target", "energy_other")
+"""The feature-learning columns of a run's row (:mod:`catapults.experiments.features`)."""
+
+
+def _final_features(result: RunResult, reference: torch.Tensor, X: torch.Tensor
+                    ) -> dict[str, float | None]:
+    """The final model's feature-learning measures against the reference AGOP (all None for a
+    run that did not complete: a diverged model has no meaningful AGOP)."""
+    if result.status != "completed":
+        return dict.fromkeys(FEATURES)
+    return feature_metrics(result.model, X, reference)
 
 
 def _synthetic_reference(data_cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

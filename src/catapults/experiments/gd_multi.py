@@ -16,7 +16,7 @@ from catapults.experiments.claims import Claim, ExperimentResult, make_claim
 from catapults.experiments.common import (
     _cfg,
     _events,
-    _final_alignment,
+    _final_features,
     _plt,
     _run,
     _save,
@@ -80,10 +80,13 @@ def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, seed: i
                    monitor={"events": {"enabled": True}}, output={"figures": False})
         record(_run(cfg, out / "runs" / f"{tag}-ramp-seed{seed}"), None, "ramp")
     G_ref, X_ref = reference(results) if reference else _synthetic_reference(data)
-    for row, res in zip(rows, results):  # a diverged model has no meaningful AGOP
-        ok = res.status == "completed"
-        row["agop_alignment"] = _final_alignment(res, G_ref, X_ref) if ok else None
+    for row, res in zip(rows, results):
+        row.update(_final_features(res, G_ref, X_ref))
     return rows, results
+
+
+VARIANTS = ("agop_sqrt_alignment", "target_trace_share", "first_layer_alignment")
+"""Feature-learning measures reported beside the cosine alignment (experiments.features)."""
 
 
 def _by_seed(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
@@ -109,6 +112,9 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
     seeds = _by_seed(rows)
     follow, align, test = [], [], []
     d_test_base, d_align_base, d_test_ramp, d_align_ramp, ramp_catapults = [], [], [], [], []
+    variant_gain: dict[str, list[float | None]] = {key: [] for key in VARIANTS}
+    other_ratio: list[float | None] = []
+    target_ratio: list[float | None] = []
     for srows in seeds.values():
         lv = sorted((r for r in srows if r.get("kind", "raises") == "raises"),
                     key=lambda r: r["raises"])
@@ -128,6 +134,12 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
         d_align_ramp += paired_differences([_value(top, "agop_alignment")],
                                            [_value(ramp, "agop_alignment")])
         ramp_catapults.append(None if ramp is None else ramp["catapults"])
+        for key in VARIANTS:
+            variant_gain[key] += paired_differences([_value(top, key)], [_value(base, key)])
+        b_other, t_other = _value(base, "energy_other"), _value(top, "energy_other")
+        b_tgt, t_tgt = _value(base, "energy_target"), _value(top, "energy_target")
+        other_ratio.append(t_other / b_other if b_other and t_other is not None else None)
+        target_ratio.append(t_tgt / b_tgt if b_tgt and t_tgt is not None else None)
     base_name = "k = 0: the same steps at 0.9 eta_crit(0), no catapult"
     ramp_name = ("the same start and final lr as the K-raise run, reached by a linear ramp "
                  "(the final lr without the raises)")
@@ -144,7 +156,13 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
                    d_test_base, control=base_name, d_z=effect_size(d_test_base)),
         make_claim(f"{prefix}gd-multi/alignment-gain-vs-baseline", "claim 3",
                    "AGOP alignment after K raises - that of the baseline (paired by seed)",
-                   d_align_base, control=base_name, d_z=effect_size(d_align_base)),
+                   d_align_base, control=base_name, d_z=effect_size(d_align_base),
+                   # the variants of experiments.features, each as the same paired gain
+                   **{f"{key}_gain": variant_gain[key] for key in VARIANTS}),
+        make_claim(f"{prefix}gd-multi/irrelevant-energy-ratio-vs-baseline", "claim 3 (mechanism)",
+                   "first-layer weight energy per direction outside the target directions, "
+                   "after K raises / the baseline's (same initialisation, paired by seed)",
+                   other_ratio, control=base_name, target_directions_ratio=target_ratio),
         make_claim(f"{prefix}gd-multi/test-loss-gain-vs-ramp", "claim 3 (confound)",
                    "test loss of the ramp - test loss after K raises (paired by seed)",
                    d_test_ramp, control=ramp_name, d_z=effect_size(d_test_ramp),

@@ -17,7 +17,7 @@ from catapults.experiments.claims import Claim, ExperimentResult, make_claim
 from catapults.experiments.common import (
     _cfg,
     _events,
-    _final_alignment,
+    _final_features,
     _plt,
     _run,
     _save,
@@ -79,8 +79,7 @@ def _batch_runs(out: Path, size: str, data: dict[str, Any] | Callable[[int], dic
                          "run": str(res.dir)})
         G_ref, X_ref = reference(sres) if reference else _synthetic_reference(d)
         for row, res in zip(srows, sres):
-            ok = res.status == "completed"
-            row["agop_alignment"] = _final_alignment(res, G_ref, X_ref) if ok else None
+            row.update(_final_features(res, G_ref, X_ref))
         rows += srows
         results += sres
     return rows
