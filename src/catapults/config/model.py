@@ -141,6 +141,8 @@ class ModelConfig(_Section):
         return self
 
     def _check_arch(self) -> None:
+        if self.arch in ("mlp", "cnn", "vit") and self.depth > 64:
+            raise ValueError(f"model.depth: at most 64 for arch {self.arch!r}, got {self.depth}")
         if self.arch == "wrn" and (self.depth < 10 or (self.depth - 4) % 6):
             raise ValueError(f"model.depth: a Wide ResNet has depth 6N+4 with N >= 1 (10, 16, "
                              f"22, 28, 40, ...), got {self.depth}")
