@@ -70,11 +70,12 @@ def test_mlp_spec_and_resolved_config_are_as_before_image_models():
     assert s == {"arch": "mlp", "depth": 2, "width": 16, "activation": "relu", "bias": False,
                  "parameterization": "ntk", "bias_scale": 1.0, "in_dim": 10, "out_dim": 1,
                  "seed": 0, "dtype": "float32"}
-    model = cfg.to_dict()["model"]
-    assert {k: model[k] for k in s if k in model and k != "out_dim"} == {
+    assert cfg.to_dict()["model"] == {  # the resolved config: only the fields an MLP uses
         "arch": "mlp", "depth": 2, "width": 16, "activation": "relu", "bias": False,
-        "parameterization": "ntk", "bias_scale": 1.0}
-    assert all(model[k] is None for k in ("heads", "kernel_size", "widen_factor", "factory"))
+        "parameterization": "ntk", "bias_scale": 1.0, "out_dim": None}
+    assert cfg.model.heads is None and cfg.model.factory is None
+    vit = config_from_dict({"model": {"arch": "vit"}}).to_dict()["model"]
+    assert "kernel_size" not in vit and vit["heads"] == 4
 
 
 def test_arch_defaults_are_filled_and_the_resolved_config_reloads():

@@ -52,6 +52,11 @@ _FACTORY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:"
                       r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
+def unused_fields(arch: str) -> set[str]:
+    """The architecture-dependent fields that ``arch`` does not use (they stay None)."""
+    return {f for fields in ARCH_FIELDS.values() for f in fields} - set(ARCH_FIELDS[arch])
+
+
 def _users(name: str) -> list[str]:
     return [a for a, fields in ARCH_FIELDS.items() if name in fields]
 

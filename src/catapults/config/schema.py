@@ -21,7 +21,7 @@ from catapults.config.fields import (  # noqa: F401  (re-exported: the schema's 
     _Section,
     _strict,
 )
-from catapults.config.model import ModelConfig
+from catapults.config.model import ModelConfig, unused_fields
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,5 +324,10 @@ class RunConfig(_Section):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain, YAML-safe dict of every field (defaults included)."""
-        return self.model_dump(mode="json")
+        """A plain, YAML-safe dict of every field (defaults included), except the model fields
+        that the chosen ``model.arch`` does not use (always None): an MLP's resolved config
+        reads as it did before other architectures existed."""
+        out = self.model_dump(mode="json")
+        out["model"] = {k: v for k, v in out["model"].items() if k not in unused_fields(
+            self.model.arch)}
+        return out
