@@ -1,6 +1,8 @@
 """AGOP and AGOP alignment against independent float64 references (finite differences, direct
 formulas, eigh/sqrtm), and the AGOP monitor in a short training run."""
 
+import types
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -238,9 +240,14 @@ def test_monitor_refuses_batch_mixing_model_at_train_begin():
     data = synthetic_regression("x1*x2", d=4, n_train=16, n_test=4)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
     mon = AGOPMonitor(data.X_train, data.target.expected_agop(), every=1)
+    begin = types.SimpleNamespace(model=model.train(), device="cpu", dtype=torch.float32)
     with pytest.raises(AGOPError, match="monitor.agop: .*BatchNorm1d.*training mode"):
-        Trainer(model, data, TrainConfig(optimizer="gd", lr=0.1, steps=2), callbacks=[mon],
-                device="cpu").fit()
+        mon.on_train_begin(begin)  # a hand-written loop that measures in training mode
+    # the trainer measures in eval mode (BatchNorm's running statistics) and updates in
+    # training mode, so there the monitor runs
+    res = Trainer(model, data, TrainConfig(optimizer="gd", lr=0.1, steps=2), callbacks=[mon],
+                  device="cpu").fit()
+    assert res.status == "completed" and [r["step"] for r in mon.rows] == [0, 1, 2]
     with pytest.raises(ConfigError, match="reference AGOP is"):
         AGOPMonitor(data.X_train, torch.eye(5), every=1)
 

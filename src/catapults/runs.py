@@ -21,12 +21,14 @@ import yaml
 from torch import Tensor
 
 from catapults.config import NTKMonitorConfig, RunConfig, config_from_dict, read_yaml
+from catapults.config.model import IMAGE_ARCHS
+from catapults.config.model import model_spec as spec_of
 from catapults.curvature import agop as agop_lib
 from catapults.curvature.agop import Matrix
 from catapults.data import Dataset, make_dataset
 from catapults.errors import CheckpointError, ConfigError, RunDirError
 from catapults.loggers import JSONLinesLogger, Logger, TensorBoardLogger
-from catapults.models import build_model
+from catapults.models import build_model, check_outputs
 from catapults.monitors import AGOPMonitor, EventsMonitor, NTKMonitor
 from catapults.plotting import plot_training
 from catapults.storage.atomic import (
@@ -62,17 +64,19 @@ class RunResult:
     model: torch.nn.Module
 
 
-def _spec_from_config(config: RunConfig, in_dim: int, out_dim: int, dtype: str) -> dict[str, Any]:
-    spec = config.model.model_dump(mode="json")
-    spec.pop("out_dim")
-    return {**spec, "in_dim": in_dim, "out_dim": config.model.out_dim or out_dim,
-            "seed": config.train.seed, "dtype": dtype}
-
-
 def model_spec(config: RunConfig, data: Dataset) -> dict[str, Any]:
-    """The model spec (:func:`catapults.models.build_model`) that ``config`` asks for on ``data``;
-    recorded in the run's checkpoint so that the model is rebuilt from it."""
-    return _spec_from_config(config, data.in_dim, data.out_dim, config.train.dtype)
+    """The model spec (:func:`catapults.models.build_model`) that ``config`` asks for on ``data``
+    (:func:`catapults.config.model.model_spec`); recorded in the run's checkpoint so that the
+    model is rebuilt from it. Image architectures need image data: vectors ``(n, d)`` (synthetic
+    data) are refused, not reshaped."""
+    shape = list(data.X_train.shape[1:])
+    arch = config.model.arch
+    if arch in IMAGE_ARCHS and len(shape) != 3:
+        raise ConfigError(f"model.arch: {arch!r} needs image inputs (n, C, H, W), but data "
+                          f"{data.name!r} gives inputs of shape (n, {', '.join(map(str, shape))})"
+                          "; use arch 'mlp', or an image data set (digits, mnist, cifar10, ...)")
+    return spec_of(config.model, in_shape=shape, out_dim=data.out_dim, seed=config.train.seed,
+                   dtype=config.train.dtype)
 
 
 # ---- monitors from the config ----------------------------------------------------------------
@@ -174,6 +178,8 @@ def _build(config: RunConfig, *, callbacks: list | None = None, progress: bool |
         raise ConfigError(f"model.out_dim: {config.model.out_dim} does not match the targets' "
                           f"dimension {data.out_dim}")
     model = build_model(model_spec(config, data))
+    if config.model.arch == "import":
+        check_outputs(model, data.X_train[:2], config.model.out_dim or data.out_dim)
     if config.output.tensorboard:
         TensorBoardLogger.check_available()
     monitors = build_monitors(config, data) + list(callbacks or [])
@@ -495,8 +501,8 @@ def load_run_model(
     spec = ckpt.get("model_spec")
     if spec is None:  # a run written before model specs were recorded: an MLP
         weights = [v for k, v in state.items() if k.endswith("weight")]
-        spec = _spec_from_config(cfg, weights[0].shape[1], weights[-1].shape[0],
-                                 str(weights[0].dtype).removeprefix("torch."))
+        spec = spec_of(cfg.model, in_shape=[weights[0].shape[1]], out_dim=weights[-1].shape[0],
+                       seed=cfg.train.seed, dtype=str(weights[0].dtype).removeprefix("torch."))
     model = build_model(spec)
     model.load_state_dict(state)
     return model, cfg

@@ -51,7 +51,8 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
             msg = "unknown field"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        if not field and _NAMES_A_FIELD.match(msg):  # a cross-section check names its field
+        if _NAMES_A_FIELD.match(msg) and (not field or msg.startswith(f"{field}.")):
+            # a cross-field check names its field itself (``model.heads: ...``)
             lines.append(msg)
             continue
         lines.append(f"{field or '<root>'}: {msg}" + (

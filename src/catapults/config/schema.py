@@ -8,76 +8,20 @@ Validation errors are raised as :class:`ConfigError`, whose message names the of
 
 from __future__ import annotations
 
-import types
-import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, model_validator
 
-FLOAT32_MAX = 3.4028234663852886e38
-MAX_SEED = 2**62
-"""Largest seed accepted (torch's generators take 64-bit seeds; the trainer adds small offsets)."""
-MAX_COUNT = 10**8
-"""Largest sample count, width or step count a config may ask for (memory is checked too)."""
-
-
-def _base_types(annotation: Any) -> set[Any]:
-    """The plain types an annotation admits (``int | None`` -> {int, NoneType}; a Literal's
-    values' types; containers as themselves)."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return {type(v) for v in typing.get_args(annotation)}
-    if origin in (typing.Union, types.UnionType):
-        return set().union(*(_base_types(a) for a in typing.get_args(annotation)))
-    return {origin or annotation}
-
-
-def _element_type(annotation: Any) -> Any:
-    for a in (typing.get_args(annotation) or ()):
-        if typing.get_origin(a) in (list, tuple):
-            return typing.get_args(a)[0]
-    if typing.get_origin(annotation) in (list, tuple):
-        return typing.get_args(annotation)[0]
-    return None
-
-
-def _strict(value: Any, kinds: set[Any]) -> str | None:
-    """Why ``value`` may not stand for a field of ``kinds`` (no lax coercion), or None."""
-    if isinstance(value, bool):
-        if bool in kinds:
-            return None
-        wanted = "a number" if kinds & {int, float} else "a string" if str in kinds else "a value"
-        return f"expected {wanted}, got a boolean"
-    if kinds <= {bool, type(None)} and value is not None:
-        return f"expected true or false, got {type(value).__name__}"
-    if isinstance(value, str) and int in kinds and float not in kinds and str not in kinds:
-        return "expected an integer, got a string"
-    if isinstance(value, float) and int in kinds and float not in kinds and value % 1:
-        return "expected an integer"
-    return None
-
-
-class _Section(BaseModel):
-    """A config section: unknown keys, non-finite numbers and lax coercions (``true`` for a
-    number, ``'yes'`` for a boolean, a string for an integer) are errors naming the field."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_lax_coercion(cls, value: Any, info: ValidationInfo) -> Any:
-        field = cls.model_fields[info.field_name]
-        kinds = _base_types(field.annotation)
-        why = _strict(value, kinds)
-        element = _element_type(field.annotation)
-        if why is None and element is not None and isinstance(value, (list, tuple)):
-            for v in value:
-                why = _strict(v, _base_types(element))
-                if why:
-                    break
-        if why:
-            raise ValueError(why)
-        return value
+from catapults.config.fields import (  # noqa: F401  (re-exported: the schema's vocabulary)
+    FLOAT32_MAX,
+    MAX_COUNT,
+    MAX_SEED,
+    _base_types,
+    _element_type,
+    _Section,
+    _strict,
+)
+from catapults.config.model import ModelConfig, unused_fields
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,37 +84,6 @@ class DataConfig(_Section):
         if self.encoding == "binary" and self.classes is not None and len(self.classes) != 2:
             raise ValueError("encoding: 'binary' needs exactly two classes")
         return self
-
-
-# --------------------------------------------------------------------------------------------
-# model
-# --------------------------------------------------------------------------------------------
-class ModelConfig(_Section):
-    arch: Literal["mlp"] = Field("mlp", description="Architecture: 'mlp' (fully connected).")
-    depth: int = Field(
-        2, ge=1, le=64,
-        description="Number of linear layers (2 = one hidden layer, the paper's '2-layer net').",
-    )
-    width: int = Field(1024, ge=1, le=2**20, description="Hidden width.")
-    activation: Literal["relu", "gelu", "tanh", "sigmoid", "silu", "softplus", "identity"] = Field(
-        "relu", description="Hidden activation."
-    )
-    bias: bool = Field(False, description="Use biases.")
-    parameterization: Literal["ntk", "standard"] = Field(
-        "ntk",
-        description="'ntk': W x / sqrt(fan_in) + bias_scale*b with W, b ~ N(0, 1) "
-        "(docs/conventions.md); 'standard': PyTorch's default nn.Linear initialisation, no "
-        "1/sqrt(fan_in) factor.",
-    )
-    bias_scale: float = Field(1.0, ge=0.0, description="beta in the NTK parameterisation.")
-    out_dim: int | None = Field(
-        None, ge=1, description="Output dimension (None: taken from the data's targets)."
-    )
-    linearize: bool = Field(
-        False,
-        description="Train the network linearised at its initialisation, f(θ0) + J(θ0)(θ - θ0): "
-        "its NTK is frozen, so it cannot catapult (the null model of `reproduce sgd-spikes`).",
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,10 +319,15 @@ class RunConfig(_Section):
         if self.train.dtype == "float32":
             for name, value in [("data.noise", self.data.noise),
                                 ("model.bias_scale", self.model.bias_scale)]:
-                if value > FLOAT32_MAX:
+                if value is not None and value > FLOAT32_MAX:
                     raise ValueError(f"{name}: {value:g} does not fit in float32 (train.dtype)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain, YAML-safe dict of every field (defaults included)."""
-        return self.model_dump(mode="json")
+        """A plain, YAML-safe dict of every field (defaults included), except the model fields
+        that the chosen ``model.arch`` does not use (always None): an MLP's resolved config
+        reads as it did before other architectures existed."""
+        out = self.model_dump(mode="json")
+        out["model"] = {k: v for k, v in out["model"].items() if k not in unused_fields(
+            self.model.arch)}
+        return out

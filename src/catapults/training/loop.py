@@ -188,6 +188,7 @@ class Trainer:
         state.step, state.lr = self.step, self._last_lr
         state.epoch = self.step // self.steps_per_epoch
         self._state = state
+        self.model.eval()  # measurements in eval mode, updates in training mode (see _step)
         for cb in self.callbacks:
             cb.on_train_begin(state)
         if self._rng is not None:  # after on_train_begin, as in the run that was checkpointed
@@ -205,6 +206,10 @@ class Trainer:
         X, y = (data.X_train, data.y_train) if idx is None else (
             data.X_train[idx], data.y_train[idx])
         record: dict[str, Any] = {"step": step, "epoch": epoch, "lr": state.lr}
+        # eval mode for everything but the update itself: kernels, critical rates, monitors and
+        # evaluations see BatchNorm's running statistics (no effect on models without
+        # mode-dependent layers); the update's forward pass runs in training mode
+        self.model.eval()
         try:  # a schedule or monitor may fail on a diverged model (NaN / inf weights)
             lr = self._lr(step)
             for group in self.optimizer.param_groups:
@@ -220,7 +225,9 @@ class Trainer:
             self._emit(state, record, force=True)
             return step
 
+        self.model.train()
         loss = self.loss_fn(self.model(X), y)
+        self.model.eval()
         loss_value = loss.item()
         record["loss"] = loss_value
         self._evaluate(step, idx is None, record)
@@ -266,6 +273,7 @@ class Trainer:
         data = self.data
         classification = data.task == "classification"
         summary: dict[str, Any] = {"status": status, "steps": step}
+        self.model.eval()
         with torch.no_grad():
             train_loss, train_err = evaluate(self.model, data.X_train, data.y_train,
                                              self.loss_fn, classification=classification)
