@@ -325,9 +325,11 @@ class RunConfig(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-safe dict of every field (defaults included), except the model fields
-        that the chosen ``model.arch`` does not use (always None): an MLP's resolved config
-        reads as it did before other architectures existed."""
+        that the chosen ``model.arch`` does not use (always None) and ``model.linearize`` when
+        false: an MLP's resolved config reads as it did before other architectures existed."""
         out = self.model_dump(mode="json")
         out["model"] = {k: v for k, v in out["model"].items() if k not in unused_fields(
             self.model.arch)}
+        if not self.model.linearize:  # shown only when set, like the other optional fields
+            out["model"].pop("linearize", None)
         return out
