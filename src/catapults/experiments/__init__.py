@@ -18,6 +18,9 @@ The experiments, one module each (``RUNNERS`` runs them in this order):
 - ``sgd-batch-size`` (:mod:`.sgd_batch_size`): smaller batches, more catapults, better AGOP
   alignment and test loss.
 - ``real`` (:mod:`.real`): gd-multi and sgd-batch-size on real binary tasks.
+- ``beyond`` (:mod:`.beyond`): the seed's next checks and open questions: standard
+  parameterisation on images, AGOP causality, catapults on demand and prevented, prediction,
+  activations.
 
 :mod:`.claims` holds the claims, their thresholds and the ``claims.json`` document;
 :mod:`.common` what the experiments share (building a run, CSVs, AGOP alignment, figures, sizes).
@@ -36,6 +39,7 @@ from pathlib import Path
 import torch
 
 from catapults.config import ConfigError
+from catapults.experiments.beyond import exp_beyond
 from catapults.experiments.claims import (
     THRESHOLDS,
     Claim,
@@ -65,11 +69,11 @@ from catapults.storage.atomic import write_json_atomic
 # functions look it up (e.g. catapults.experiments.gd_multi._cfg), not this package.
 __all__ = [
     "EXPERIMENTS", "RUNNERS", "SIZES", "THRESHOLDS", "BestRunReference", "Claim",
-    "ExperimentResult", "exp_gd_multi", "exp_gd_single", "exp_real", "exp_sgd_batch_size",
-    "exp_sgd_spikes", "format_claims", "make_claim", "reproduce", "spearman",
+    "ExperimentResult", "exp_beyond", "exp_gd_multi", "exp_gd_single", "exp_real",
+    "exp_sgd_batch_size", "exp_sgd_spikes", "format_claims", "make_claim", "reproduce", "spearman",
 ]
 
-EXPERIMENTS = ("gd-single", "gd-multi", "sgd-spikes", "sgd-batch-size", "real")
+EXPERIMENTS = ("gd-single", "gd-multi", "sgd-spikes", "sgd-batch-size", "real", "beyond")
 
 RUNNERS: dict[str, Callable[[Path, str], ExperimentResult]] = {
     "gd-single": exp_gd_single,
@@ -77,6 +81,7 @@ RUNNERS: dict[str, Callable[[Path, str], ExperimentResult]] = {
     "sgd-spikes": exp_sgd_spikes,
     "sgd-batch-size": exp_sgd_batch_size,
     "real": exp_real,
+    "beyond": exp_beyond,
 }
 
 

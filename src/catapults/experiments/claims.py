@@ -57,6 +57,20 @@ THRESHOLDS: dict[str, tuple[str, float]] = {
     # added 2026-12-02 (issue 15) before computed: the effect of a catapult within a batch size
     "sgd-batch-size/alignment-per-catapult-within-batch": (">", 0.0),
     "sgd-batch-size/test-loss-per-catapult-within-batch": ("<", 0.0),
+    # `reproduce beyond` (issue 15 section 3), fixed 2026-12-04 before any of them was computed
+    "beyond/on-demand-placed": (">=", 0.8),
+    "beyond/guard-no-catapults": ("==", 0.0),
+    "beyond/on-demand-test-gain-vs-constant": (">", 0.0),
+    "beyond/on-demand-test-gain-vs-step": (">", 0.0),
+    "beyond/on-demand-test-gain-vs-cosine": (">", 0.0),
+    "beyond/prediction-auc": (">=", 0.6),
+    "beyond/prediction-auc-gain-vs-loss-alarm": (">", 0.0),
+    "beyond/activation-test-gain": (">", 0.0),
+    "beyond/activation-alignment-gain": (">", 0.0),
+    "beyond/agop-causality-test-vs-alignment": ("<=", -0.6),
+    "beyond/agop-causality-no-catapults": ("==", 0.0),
+    "beyond/standard-top-share": (">=", 0.5),
+    "beyond/standard-top-share-vs-linearized": (">", 0.0),
 }
 
 

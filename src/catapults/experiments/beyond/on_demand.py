@@ -1,0 +1,152 @@
+"""beyond/on-demand: catapults placed deliberately (the seed's check 3, open question 4).
+
+Full-batch GD on the synthetic task, the same number of steps under five learning-rate
+schedules, all starting from the same network (one per seed) and set from its initial critical
+rate ``η₀ = η_crit(θ₀)``:
+
+- ``constant``: ``0.9 η₀`` throughout (no catapult);
+- ``step``: ``0.9 η₀``, then ``1.5x`` the previous rate at 1/4, 1/2 and 3/4 of the steps (fixed
+  values: whether a raise lands above the critical rate of the moment is left to chance);
+- ``cosine``: from ``1.3 η₀`` down to 0 (a catapult at the start, then decay);
+- ``on-demand``: :class:`catapults.training.CatapultOnDemand` (raise to ``1.3 η_crit`` when
+  calm, at most 3 catapults, settle below the critical rate after each, guard in between);
+- ``guard``: the ``step`` schedule clipped by :class:`catapults.training.CriticalGuard` at
+  ``0.9 η_crit`` (re-measured every 5 steps): the reverse, catapults prevented.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from catapults.curvature.spectrum import critical_lr
+from catapults.experiments.beyond.common import final_measures, gd, mlp, synthetic_task
+from catapults.experiments.claims import Claim, make_claim
+from catapults.experiments.common import _plt, _save, _seeds
+from catapults.experiments.stats import effect_size, paired_differences
+from catapults.training.controllers import CatapultOnDemand, CriticalGuard
+
+SCHEDULES = ("constant", "step", "cosine", "on-demand", "guard")
+
+
+def _steps(size: str) -> int:
+    return {"tiny": 160, "quick": 400, "full": 800}[size]
+
+
+def _schedule(name: str, model, task, steps: int):
+    """``lr_of(t, loss)`` for the schedule ``name`` and the controller object (or None)."""
+    import torch
+
+    eta0 = critical_lr(model, task.X)
+
+    def step_lr(t: int) -> float:
+        return 0.9 * eta0 * 1.5 ** sum(t >= steps * q / 4 for q in (1, 2, 3))
+
+    if name == "constant":
+        return (lambda t, loss: 0.9 * eta0), None
+    if name == "step":
+        return (lambda t, loss: step_lr(t)), None
+    if name == "cosine":
+        return (lambda t, loss: 1.3 * eta0 * 0.5 * (1 + math.cos(math.pi * t / steps))), None
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the controllers' lr goes into gd's own
+    if name == "on-demand":
+        ctl = CatapultOnDemand(opt, model, task.X, alpha=1.3, gap=max(steps // 10, 20),
+                               max_catapults=3)
+        state = {"lr": ctl.lr}
+
+        def on_demand(t: int, loss: float) -> float:
+            if t > 0:
+                state["lr"] = ctl.step(loss)
+            return state["lr"]
+
+        return on_demand, ctl
+    guard = CriticalGuard(opt, model, task.X, margin=0.9, every=5)
+    return (lambda t, loss: guard.step(step_lr(t))), guard
+
+
+def _seed_runs(size: str, seed: int) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    task = synthetic_task(size, seed)
+    steps = _steps(size)
+    width = {"tiny": 256, "quick": 512, "full": 1024}[size]
+    rows, curves = [], {}
+    for name in SCHEDULES:
+        model = mlp(task, width=width, seed=seed)
+        lr_of, ctl = _schedule(name, model, task, steps)
+        losses, lrs = gd(model, task, steps, lr_of)
+        row = {"seed": seed, "schedule": name, **final_measures(model, task, losses),
+               "final_lr": lrs[-1] if lrs else None}
+        if isinstance(ctl, CatapultOnDemand):
+            row["raises"] = len(ctl.raises)
+        if isinstance(ctl, CriticalGuard):
+            row["clipped_steps"] = ctl.clipped
+        rows.append(row)
+        curves[name] = losses
+        curves[f"{name}/lr"] = lrs
+    return rows, curves
+
+
+def on_demand_claims(rows: list[dict[str, Any]]) -> list[Claim]:
+    by: dict[tuple[int, str], dict[str, Any]] = {(r["seed"], r["schedule"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+
+    def val(seed: int, name: str, key: str):
+        r = by.get((seed, name))
+        return None if r is None or r["status"] != "completed" else r.get(key)
+
+    placed = []
+    for s in seeds:
+        raises, cats = val(s, "on-demand", "raises"), val(s, "on-demand", "catapults")
+        placed.append(cats / raises if raises else None)
+    claims = [
+        make_claim("beyond/on-demand-placed", "catapults on demand",
+                   "catapults detected / raises made by the on-demand controller", placed),
+        make_claim("beyond/guard-no-catapults", "catapults prevented",
+                   "catapults detected under the step schedule clipped at 0.9 eta_crit",
+                   [val(s, "guard", "catapults") for s in seeds],
+                   control="the same step schedule unguarded",
+                   unguarded=[val(s, "step", "catapults") for s in seeds]),
+    ]
+    for other in ("constant", "step", "cosine"):
+        d = paired_differences([val(s, other, "final_test_loss") for s in seeds],
+                               [val(s, "on-demand", "final_test_loss") for s in seeds])
+        claims.append(make_claim(
+            f"beyond/on-demand-test-gain-vs-{other}", "catapults on demand",
+            f"test loss under the {other} schedule - under on-demand (same steps, paired by "
+            "seed)", d, control=f"the {other} schedule, same network and steps",
+            d_z=effect_size(d)))
+    return claims
+
+
+def fig_on_demand(rows, curves, path: Path) -> Path:
+    plt = _plt()
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.2))
+    for name in SCHEDULES:
+        a.plot(curves[name], lw=0.9, label=name)
+        b.plot(curves[f"{name}/lr"], lw=0.9, label=name)
+    a.set_yscale("log")
+    a.set_xlabel("step")
+    a.set_ylabel("training loss (mean MSE)")
+    a.set_title("Schedules with the same steps (seed 0)")
+    a.legend(fontsize=8)
+    b.set_xlabel("step")
+    b.set_ylabel("learning rate")
+    b.set_ylim(bottom=0)
+    b.set_title("Learning rates")
+    for i, name in enumerate(SCHEDULES):
+        pts = [r["final_test_loss"] for r in rows
+               if r["schedule"] == name and r["final_test_loss"] is not None]
+        c.plot([i] * len(pts), pts, "o", alpha=0.7)
+    c.set_xticks(range(len(SCHEDULES)), SCHEDULES)
+    c.set_ylabel("final test loss")
+    c.set_title("Test loss per schedule (every seed)")
+    return _save(fig, path)
+
+
+def exp_on_demand(out: Path, size: str) -> tuple[list[Claim], list[dict[str, Any]], Path]:
+    rows, first = [], None
+    for seed in _seeds(size):
+        r, curves = _seed_runs(size, seed)
+        rows += r
+        first = first or curves
+    return on_demand_claims(rows), rows, fig_on_demand(rows, first, out / "on-demand.png")
