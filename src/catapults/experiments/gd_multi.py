@@ -41,8 +41,9 @@ def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, seed: i
                 | None = None) -> tuple[list[dict[str, Any]], list[RunResult]]:
     """One seed's runs: k = 0..K learning-rate raises to 1.3x the critical rate measured at the
     raise (k = 0: 0.9x the initial critical rate throughout, the below-critical baseline), and
-    the *ramp* control: the same start and the same final learning rate as the K-raise run,
-    reached by a linear ramp (many small steps) between the first and the last raise."""
+    the *ramp* control: the same start and the same final learning rate as the run with the most
+    raises that completed (K unless it diverged), reached by a linear ramp (many small steps)
+    between its first and last raise."""
     K, gap = _levels(size)
     steps = 40 + gap * (K + 1)
     results, rows = [], []
@@ -69,10 +70,11 @@ def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, seed: i
                                 "values": [0.9] + [1.3] * k}),
                    monitor={"events": {"enabled": True}}, output={"figures": seed == 0})
         record(_run(cfg, out / "runs" / f"{tag}-raises{k}-seed{seed}"), k, "raises")
-    top = results[-1]
-    if top.status == "completed":
+    done = [k for k, res in enumerate(results) if res.status == "completed" and k > 0]
+    if done:  # the ramp to the final lr of the most raises that completed (the treatment)
+        top, k_top = results[done[-1]], done[-1]
         lr0, lr1 = top.history[0]["lr"], top.history[-1]["lr"]
-        first, last = 40, 40 + gap * (K - 1)
+        first, last = 40, 40 + gap * (k_top - 1)
         marks = list(range(first, last + 1, 5))
         values = [lr0 + (lr1 - lr0) * (m - first + 5) / (last - first + 5) for m in marks]
         cfg = _cfg(data=data, model=model,
@@ -113,6 +115,7 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
     follow, align, test = [], [], []
     d_test_base, d_align_base, d_test_ramp, d_align_ramp, ramp_catapults = [], [], [], [], []
     variant_gain: dict[str, list[float | None]] = {key: [] for key in VARIANTS}
+    top_levels: list[int | None] = []
     other_ratio: list[float | None] = []
     target_ratio: list[float | None] = []
     for srows in seeds.values():
@@ -124,7 +127,12 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
         follow.append(spearman(k, c))
         align.append(spearman([r["catapults"] for r in done], [r["agop_alignment"] for r in done]))
         test.append(spearman([r["catapults"] for r in done], [r["final_test_loss"] for r in done]))
-        top, base, ramp = lv[-1] if lv else None, _pick(srows, "raises", 0), _pick(srows, "ramp")
+        # the treatment: the most raises that completed in this seed (K, or fewer when the
+        # K-raise run diverged: a diverged model has no test loss), against its controls
+        top = next((r for r in reversed(lv) if r["status"] == "completed" and r["raises"] > 0),
+                   None)
+        base, ramp = _pick(srows, "raises", 0), _pick(srows, "ramp")
+        top_levels.append(None if top is None else top["raises"])
         d_test_base += paired_differences([_value(base, "final_test_loss")],
                                           [_value(top, "final_test_loss")])
         d_align_base += paired_differences([_value(top, "agop_alignment")],
@@ -141,7 +149,8 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
         other_ratio.append(t_other / b_other if b_other and t_other is not None else None)
         target_ratio.append(t_tgt / b_tgt if b_tgt and t_tgt is not None else None)
     base_name = "k = 0: the same steps at 0.9 eta_crit(0), no catapult"
-    ramp_name = ("the same start and final lr as the K-raise run, reached by a linear ramp "
+    ramp_name = ("the same start and final lr as the run compared (the most raises that "
+                 "completed), reached by a linear ramp "
                  "(the final lr without the raises)")
     return [
         make_claim(f"{prefix}gd-multi/catapults-follow-raises", "multiple catapults",
@@ -152,8 +161,10 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
         make_claim(f"{prefix}gd-multi/test-loss-vs-catapults", "claim 3",
                    "Spearman(catapults, test loss) over the levels of a seed", test),
         make_claim(f"{prefix}gd-multi/test-loss-gain-vs-baseline", "claim 3",
-                   "test loss of the baseline - test loss after K raises (paired by seed)",
-                   d_test_base, control=base_name, d_z=effect_size(d_test_base)),
+                   "test loss of the baseline - test loss after the most raises that "
+                   "completed (K unless that run diverged; paired by seed)",
+                   d_test_base, control=base_name, d_z=effect_size(d_test_base),
+                   raises_compared=top_levels),
         make_claim(f"{prefix}gd-multi/alignment-gain-vs-baseline", "claim 3",
                    "AGOP alignment after K raises - that of the baseline (paired by seed)",
                    d_align_base, control=base_name, d_z=effect_size(d_align_base),
