@@ -603,3 +603,17 @@ def test_events_config_fields():
                 {"confirm_share": 0.0}, {"min_height": 1.2}):
         with pytest.raises(ConfigError):
             config_from_dict(small_config(monitor={"events": bad}))
+
+
+def test_attribution_pairs_the_critical_level_with_the_trigger_lr():
+    """The lr was raised at the trigger (0.5 -> 2.0): the critical level n*c/eta reported with
+    it is for eta = 2.0, not the level of the row before the start (issue 15: a row showed lr 14
+    beside the critical level of lr 1.1)."""
+    history = _ntk_history(float, int)
+    for r in history:
+        if r["step"] >= 10:
+            r["lr"], r["ntk/critical_level"] = 2.0, 0.5
+    ev = Catapult(10, 14, 22, 1.0, 6.0, True, trigger=10)
+    attribute_events([ev], history)
+    assert ev.info["lr"] == 2.0
+    assert ev.info["critical_level"] == pytest.approx(0.5)  # 2.0 (at lr 0.5) x 0.5 / 2.0

@@ -59,7 +59,8 @@ def attribute_events(events: list[Catapult], history: Sequence[dict[str, Any]], 
     very peak of a violent catapult the kernel itself is distorted), ``top_share_by_s`` (the share
     at that measurement for s = 1..k),
     ``L_rest_before`` / ``L_rest_after`` and their change, ``lambda_max_before`` / ``_after``
-    (at or before the start, at or after the end), the critical level ``n·c/η`` and the
+    (at or before the start, at or after the end), the critical level ``n·c/η`` (``η`` the lr at
+    the trigger, so that a row's ``lr`` and ``critical_level`` are the pair that decides) and the
     ``eta_crit`` before and after; and ``confirmed``: True when ``top_share >= confirm_share``
     (default 0.5) and ``lambda_max_after < lambda_max_before`` (the paper's definition of a
     catapult), False when either fails, None when they cannot be measured (no NTK rows, a
@@ -101,7 +102,13 @@ def attribute_events(events: list[Catapult], history: Sequence[dict[str, Any]], 
         if before:
             info["lambda_max_before"] = before[metrics.NTK_LAMBDA][0]
             info["eta_crit_before"] = before[metrics.NTK_ETA_CRIT]
-            info["critical_level"] = before[metrics.NTK_CRITICAL_LEVEL]
+            # n·c/η for the lr at the trigger (the pair that decides whether the update that
+            # set the catapult off was above critical), from the row before the start, whose
+            # own lr may be an earlier one: critical_level scales as 1/η
+            level, lr_b, lr_t = (before[metrics.NTK_CRITICAL_LEVEL], before.get("lr"),
+                                 info.get("lr"))
+            info["critical_level"] = (level * lr_b / lr_t if all(_finite(v) for v in
+                                      (level, lr_b, lr_t)) and lr_t > 0 else level)
             info["L_rest_before"] = before[metrics.NTK_L_REST]
         if after:
             info["lambda_max_after"] = after[metrics.NTK_LAMBDA][0]
