@@ -20,6 +20,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from catapults import budget
 from catapults.config import NTKMonitorConfig, RunConfig, config_from_dict, read_yaml
 from catapults.curvature import agop as agop_lib
 from catapults.curvature.agop import Matrix
@@ -160,7 +161,9 @@ def reference_agop_for(config: RunConfig, data: Dataset) -> Matrix:
 def _build(config: RunConfig, *, callbacks: list | None = None, progress: bool | None = None,
            cache: dict | None = None) -> tuple[Any, torch.nn.Module, list, Any]:
     """Everything a run needs, each part validated: (device, model, monitors, trainer).
-    ``cache`` (a dict) keeps data sets between calls, keyed by their config and dtype."""
+    ``cache`` (a dict) keeps data sets between calls, keyed by their config and dtype. The
+    memory the config implies is checked first (:func:`catapults.budget.check`)."""
+    budget.check(config)
     device = resolve_device(config.train.device)
     dtype = torch.float64 if config.train.dtype == "float64" else torch.float32
     key = (json.dumps(config.to_dict()["data"], sort_keys=True), str(dtype))
