@@ -124,6 +124,11 @@ def reference_agop_for(config: RunConfig, data: Dataset) -> Matrix:
     if cfg.reference_run is None:
         if data.target is not None and hasattr(data.target, "expected_agop"):
             ref = data.target.expected_agop()
+            if not bool(torch.isfinite(ref).all()):
+                raise ConfigError(
+                    f"data.target: the expected AGOP of {data.target.expression!r} (the AGOP "
+                    "monitor's reference) is not finite: its gradient is inf/nan on some "
+                    "Monte Carlo samples x ~ N(0, I)")
             if tuple(ref.shape) != (d, d):
                 raise ConfigError(f"monitor.agop: the target's AGOP is {tuple(ref.shape)}, "
                                   f"expected ({d}, {d})")
