@@ -275,13 +275,16 @@ def _train(config: RunConfig, resolved: dict[str, Any], out: Path, device: torch
         write_json_atomic(out / "summary.json", summary)
     except BaseException as err:  # a crash, Ctrl-C or SIGTERM: a failed run, maybe resumable
         _close(trainer.loggers)
-        if result is not None and _final_checkpoint_written(out / "checkpoint.pt", result):
-            write_json_atomic(out / "summary.json", summary_of(result))  # only this was left
-            raise
-        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-        write_json_atomic(out / "summary.json", {
-            "status": "failed", "reason": status, "error": describe_error(err),
-            "wall_time_s": time.perf_counter() - t0})
+        try:  # with a full disk this may fail too: the first error is the one to report
+            if result is not None and _final_checkpoint_written(out / "checkpoint.pt", result):
+                write_json_atomic(out / "summary.json", summary_of(result))  # only this was left
+                raise
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            write_json_atomic(out / "summary.json", {
+                "status": "failed", "reason": status, "error": describe_error(err),
+                "wall_time_s": time.perf_counter() - t0})
+        except OSError:
+            pass
         raise
     return RunResult(out, summary["status"], summary, result.history, result.model)
 

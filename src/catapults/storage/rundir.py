@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from catapults.errors import ConfigError, RunDirError, RunExistsError
+from catapults.errors import ConfigError, RunDirError, RunExistsError, WriteError
 from catapults.storage.atomic import jsonable, read_json_object, write_json_atomic
 
 
@@ -38,18 +38,35 @@ def describe_error(err: BaseException) -> str:
 
 
 class MetricsFile:
-    """Append-only ``metrics.jsonl``: one strict-JSON object per line, flushed on every write."""
+    """Append-only ``metrics.jsonl``: one strict-JSON object per line, written whole and flushed
+    on every write. A write that fails (disk full, ...) is cut back off the file, so no torn
+    line is left, and raised as :class:`WriteError` naming the file."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._fh = open(self.path, "a", buffering=1)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise WriteError(self.path, err) from None
 
     def __call__(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
-        self._fh.flush()
+        line = (json.dumps(jsonable(record), allow_nan=False) + "\n").encode()
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as err:
+            try:
+                os.ftruncate(self._fd, start)  # frees space: works on a full disk
+            except OSError:
+                pass
+            raise WriteError(self.path, err) from None
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
