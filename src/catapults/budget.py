@@ -71,10 +71,11 @@ def parse_size(text: str) -> float | None:
     if s in ("off", "none", "inf", "unlimited"):
         return None
     m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)", s)
-    if m is None or m.group(2) not in _UNITS or float(m.group(1)) <= 0:
+    size = float(m.group(1)) * _UNITS[m.group(2)] if m and m.group(2) in _UNITS else math.nan
+    if not 0 < size < math.inf:
         raise ConfigError(f"{ENV_VAR}: {text[:40]!r} is not a memory size (e.g. 16GiB, 512MiB, "
                           "2e9 bytes, or off)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    return size
 
 
 def available_memory() -> tuple[float, str] | None:
