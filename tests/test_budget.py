@@ -18,6 +18,7 @@ from catapults.errors import ConfigError
 from catapults.models import build_model
 from tests.helpers import small_config
 
+REAL_MEMORY_BUDGET = budget.memory_budget
 SMALL = Budget(64 * 2**20, "a test budget")  # 64 MiB
 
 # (overrides, the field the message must name): each asks for far more than SMALL
@@ -168,3 +169,21 @@ def test_seed_and_thread_bounds_fit_torch():
             config_from_dict({section: {field: 2**64}})
     with pytest.raises(ConfigError, match="train.threads"):
         config_from_dict({"train": {"threads": 2**31}})
+
+
+def test_cuda_run_is_checked_against_the_device_memory(monkeypatch):
+    """On a CUDA device the estimate is also checked against 80% of the device's free memory
+    (torch.cuda.mem_get_info, faked here: no GPU needed)."""
+    _no_allocation(monkeypatch)
+    monkeypatch.delenv(budget.ENV_VAR, raising=False)
+    monkeypatch.setattr(budget, "memory_budget", lambda: Budget(2**50, "host"))
+    monkeypatch.setattr(runs, "resolve_device", lambda name: torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 2**31))
+    cfg = _config(model={"depth": 3, "width": 2**14})  # ~1 GiB of parameters and copies
+    with pytest.raises(ConfigError) as err:
+        runs.check_config(cfg)
+    assert "model.width" in str(err.value) and "80% of the 1.0 GiB free on cuda:0" in str(err.value)
+    assert budget.device_budget(torch.device("cpu")) is None
+    monkeypatch.setattr(budget, "memory_budget", REAL_MEMORY_BUDGET)
+    monkeypatch.setenv(budget.ENV_VAR, "off")
+    assert budget.device_budget(torch.device("cuda", 0)) is None

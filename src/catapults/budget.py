@@ -9,7 +9,8 @@ AGOP monitor's ``d × d`` matrices and the per-sample input Jacobians it collect
 estimate, the budget and the config field that sets the largest part.
 
 The budget (:func:`memory_budget`) is 80% of the memory available now (``MemAvailable`` in
-``/proc/meminfo``, a cgroup limit if lower, else ``os.sysconf``); the environment variable
+``/proc/meminfo``, a cgroup limit if lower, else ``os.sysconf``), and for a run on a CUDA
+device also 80% of that device's free memory (:func:`device_budget`); the environment variable
 ``CATAPULTS_MEMORY_BUDGET`` overrides it (``64GiB``, ``512MiB``, ``2e9`` bytes, or ``off``).
 The figures are estimates, within a small factor: they catch a config that asks for terabytes,
 not one that needs 10% more than there is.
@@ -115,6 +116,25 @@ def memory_budget() -> Budget | None:
         return None
     return Budget(FRACTION * avail[0], f"{FRACTION:.0%} of the {gib(avail[0])} available, "
                   f"per {avail[1]}; set {ENV_VAR} to change it")
+
+
+def device_budget(device: Any) -> Budget | None:
+    """The budget on a CUDA ``device`` (a ``torch.device``): 80% of its free memory
+    (``torch.cuda.mem_get_info``), unless ``CATAPULTS_MEMORY_BUDGET`` is set (then that); None
+    for other devices or when the figure is unknown."""
+    if getattr(device, "type", None) != "cuda":
+        return None
+    env = os.environ.get(ENV_VAR)
+    if env is not None and env.strip():
+        return memory_budget()
+    import torch
+
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except (RuntimeError, AssertionError, ValueError):
+        return None
+    return Budget(FRACTION * free, f"{FRACTION:.0%} of the {gib(free)} free on {device}; set "
+                  f"{ENV_VAR} to change it")
 
 
 def _shape(data: Any) -> tuple[int, int, str, Any]:

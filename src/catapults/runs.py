@@ -172,6 +172,8 @@ def _build(config: RunConfig, *, callbacks: list | None = None, progress: bool |
     memory the config implies is checked first (:func:`catapults.budget.check`)."""
     budget.check(config)
     device = resolve_device(config.train.device)
+    if device.type == "cuda":
+        budget.check(config, budget.device_budget(device))
     dtype = torch.float64 if config.train.dtype == "float64" else torch.float32
     key = (json.dumps(config.to_dict()["data"], sort_keys=True), str(dtype))
     if cache is not None and key in cache:
