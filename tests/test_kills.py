@@ -88,6 +88,10 @@ def test_run_dir_in_use_is_not_taken_for_one_that_never_started(tmp_path, capsys
         assert not never_started(out)
         assert main(["run", str(tiny(tmp_path)), "--out", str(out), "--no-progress"]) == 2
     assert "already exists" in capsys.readouterr().err
+    (out / RUN_MARKER).write_text(json.dumps({"kind": "run", "pid": os.getppid()}))
+    assert not never_started(out)  # made by a live process, about to take the lock
+    (out / RUN_MARKER).write_text(json.dumps({"kind": "run", "pid": dead_pid()}))
+    assert never_started(out)
     (out / "notes.txt").write_text("mine")  # not only the marker: a run, kept unless overwrite
     assert not never_started(out)
 

@@ -201,6 +201,12 @@ def never_started(path: str | Path, *, check_lock: bool = True) -> bool:
         m = _TEMPORARY.match(p.name)
         if not (m and p.is_file() and not _pid_alive(int(m.group(1)))):
             return False
+    try:  # the process that made it may still be about to write (before it takes the lock)
+        pid = json.loads((path / RUN_MARKER).read_text()).get("pid")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        pid = None
+    if isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+        return False
     if not check_lock:  # the caller holds the lock
         return True
     try:
@@ -260,7 +266,8 @@ def create_run_dir(out: str | Path, *, overwrite: bool) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-{pid}-", dir=out.parent))
-        write_json_atomic(staging / RUN_MARKER, {"kind": "run", "created": time.time()})
+        write_json_atomic(staging / RUN_MARKER, {"kind": "run", "created": time.time(),
+                                                 "pid": pid})
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{pid}-", dir=out.parent))
             os.replace(out, old / "run")
