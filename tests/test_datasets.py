@@ -531,7 +531,54 @@ def test_non_finite_synthetic_targets_are_config_errors():
         make_dataset(DataConfig(name="synthetic", d=3, target="x1/0", n_train=8, n_test=8))
     with pytest.raises(ConfigError, match=r"'1e300\*x1' gives non-finite .* \(in float32\)"):
         make_dataset(DataConfig(name="synthetic", d=3, target="1e300*x1", n_train=8, n_test=8))
-    assert make_dataset(DataConfig(name="synthetic", d=3, target="1e300*x1", n_train=8,
+    assert make_dataset(DataConfig(name="synthetic", d=3, target="1e100*x1", n_train=8,
                                    n_test=8), dtype=torch.float64).y_train.isfinite().all()
+    with pytest.raises(ConfigError, match=r"'1e300\*x1' gives values whose square \(the loss\) "
+                       r"overflows on 8 of the 8 training inputs and 8 of the 8 test inputs"):
+        make_dataset(DataConfig(name="synthetic", d=3, target="1e300*x1", n_train=8, n_test=8),
+                     dtype=torch.float64)
     with pytest.raises(TargetError, match="non-finite"):
         synthetic_regression(lambda X: 1 / (X[:, 0] > 5).double() - 1, d=2, n_train=8, n_test=8)
+
+
+# targets finite on parse_target's probe but not on the sampled training / test inputs (issue 16)
+@pytest.mark.parametrize("target, dtype, what", [
+    ("exp(30*x1)", torch.float32, "non-finite values"),    # exp overflows float32 past x1 ~ 2.96
+    ("exp(20*x1)", torch.float32, "values whose square"),  # finite, but y**2 overflows float32
+    ("sqrt(3.2-x1)", torch.float64, "non-finite values"),  # undefined only past x1 = 3.2
+    ("3*exp(14*x1)", torch.float32, "values whose square"),
+])
+def test_target_checked_on_every_sampled_input(target, dtype, what):
+    from catapults.data.targets import parse_target
+
+    parse_target(target, 3)  # passes the 512-point probe
+    cfg = DataConfig(name="synthetic", d=3, target=target, n_train=20_000, n_test=10, seed=1)
+    with pytest.raises(ConfigError) as err:
+        make_dataset(cfg, dtype=dtype)
+    msg = str(err.value)
+    assert msg.startswith("data.target: ") and what in msg and "training inputs" in msg, msg
+    assert str(dtype).removeprefix("torch.") in msg
+
+
+def test_target_checked_on_test_inputs_too():
+    cfg = DataConfig(name="synthetic", d=3, target="sqrt(3.2-x1)", n_train=4, n_test=20_000)
+    with pytest.raises(ConfigError, match=r"on \d+ of the 20000 test inputs"):
+        make_dataset(cfg)
+
+
+def test_noise_whose_square_overflows_is_refused():
+    cfg = DataConfig(name="synthetic", d=3, target="x1", noise=1e30, n_train=8, n_test=8)
+    with pytest.raises(ConfigError, match="data.noise: 1e\\+30 makes the squared training"):
+        make_dataset(cfg)
+    assert make_dataset(cfg, dtype=torch.float64).y_train.isfinite().all()
+
+
+def test_agop_reference_of_a_target_undefined_on_some_samples(tmp_path):
+    from catapults.config import config_from_dict
+    from catapults.runs import check_config
+
+    cfg = config_from_dict({"data": {"d": 3, "target": "sqrt(3.5-x1)", "n_train": 16,
+                                     "n_test": 4},
+                            "monitor": {"agop": {"enabled": True}}})
+    with pytest.raises(ConfigError, match="data.target: the expected AGOP of 'sqrt"):
+        check_config(cfg)

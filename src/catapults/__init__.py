@@ -25,7 +25,7 @@ __version__ = "0.2.0"
 __all__ = [
     "AGOPError", "CatapultsError", "CheckpointError", "ConfigError", "DataError", "KernelError",
     "LockError", "MonitorError", "RunConfig", "RunDirError", "RunExistsError", "RunResult",
-    "TargetError", "load_config", "resume", "run", "watch", "__version__",
+    "TargetError", "WriteError", "load_config", "resume", "run", "watch", "__version__",
 ]
 
 # The names above are imported on first use (PEP 562), so that importing a light module such as
@@ -35,7 +35,7 @@ _LAZY = {"RunConfig": "config", "load_config": "config", "RunResult": "runs", "r
          "resume": "runs", "watch": "monitors.watch"}
 _ERRORS = {"AGOPError", "CatapultsError", "CheckpointError", "ConfigError", "DataError",
            "KernelError", "LockError", "MonitorError", "RunDirError", "RunExistsError",
-           "TargetError"}
+           "TargetError", "WriteError"}
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,8 @@ class                  raised for
                        model or input; ``NTKError`` is the same class
 ``AGOPError``          an AGOP that cannot be computed for this predictor or input
 ``MonitorError``       a monitor used wrongly (``watch`` with a probe that does not fit)
+``WriteError``         a file that cannot be written (disk full, read-only file system, ...);
+                       also an ``OSError`` with the ``errno`` and the file's name
 =====================  ======================================================================
 """
 
@@ -31,7 +33,7 @@ from pathlib import Path
 __all__ = [
     "AGOPError", "CatapultsError", "CheckpointError", "ConfigError", "DataError", "KernelError",
     "LockError", "MissingDataError", "MonitorError", "NTKError", "RunDirError", "RunExistsError",
-    "TargetError",
+    "TargetError", "WriteError",
 ]
 
 
@@ -88,3 +90,15 @@ class AGOPError(CatapultsError, ValueError):
 
 class MonitorError(CatapultsError, ValueError):
     """A monitor is used in a way it cannot measure (the message says why)."""
+
+
+class WriteError(CatapultsError, OSError):
+    """A file cannot be written (``ENOSPC``, ``EROFS``, ``EACCES``, ...): ``filename`` is the file
+    meant (its final name, not a temporary one), ``errno`` the system's error number."""
+
+    def __init__(self, path: str | Path, err: OSError) -> None:
+        super().__init__(err.errno, err.strerror or str(err), str(path))
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return f"{self.path}: cannot write it: {self.strerror}"

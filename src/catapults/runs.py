@@ -20,6 +20,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from catapults import budget
 from catapults.config import NTKMonitorConfig, RunConfig, config_from_dict, read_yaml
 from catapults.config.model import IMAGE_ARCHS
 from catapults.config.model import model_spec as spec_of
@@ -39,7 +40,7 @@ from catapults.storage.atomic import (
 )
 from catapults.storage.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from catapults.storage.checkpoint import VERSION as CHECKPOINT_VERSION
-from catapults.storage.checkpoint import read_checkpoint, save_checkpoint
+from catapults.storage.checkpoint import check_resumable, read_checkpoint, save_checkpoint
 from catapults.storage.rundir import (
     RUN_MARKER,
     create_run_dir,
@@ -47,7 +48,9 @@ from catapults.storage.rundir import (
     first_difference,
     is_run_dir,
     metrics_before,
+    never_started,
     prepare_run_dir,
+    remove_stale_temporaries,
     run_lock,
 )
 from catapults.training import Callback, Trainer, resolve_device
@@ -127,6 +130,11 @@ def reference_agop_for(config: RunConfig, data: Dataset) -> Matrix:
     if cfg.reference_run is None:
         if data.target is not None and hasattr(data.target, "expected_agop"):
             ref = data.target.expected_agop()
+            if not bool(torch.isfinite(ref).all()):
+                raise ConfigError(
+                    f"data.target: the expected AGOP of {data.target.expression!r} (the AGOP "
+                    "monitor's reference) is not finite: its gradient is inf/nan on some "
+                    "Monte Carlo samples x ~ N(0, I)")
             if tuple(ref.shape) != (d, d):
                 raise ConfigError(f"monitor.agop: the target's AGOP is {tuple(ref.shape)}, "
                                   f"expected ({d}, {d})")
@@ -164,8 +172,12 @@ def reference_agop_for(config: RunConfig, data: Dataset) -> Matrix:
 def _build(config: RunConfig, *, callbacks: list | None = None, progress: bool | None = None,
            cache: dict | None = None) -> tuple[Any, torch.nn.Module, list, Any]:
     """Everything a run needs, each part validated: (device, model, monitors, trainer).
-    ``cache`` (a dict) keeps data sets between calls, keyed by their config and dtype."""
+    ``cache`` (a dict) keeps data sets between calls, keyed by their config and dtype. The
+    memory the config implies is checked first (:func:`catapults.budget.check`)."""
+    budget.check(config)
     device = resolve_device(config.train.device)
+    if device.type == "cuda":
+        budget.check(config, budget.device_budget(device))
     dtype = torch.float64 if config.train.dtype == "float64" else torch.float32
     key = (json.dumps(config.to_dict()["data"], sort_keys=True), str(dtype))
     if cache is not None and key in cache:
@@ -236,8 +248,8 @@ def run(config: RunConfig, *, out_dir: str | Path | None = None,
     out = create_run_dir(out, overwrite=overwrite)
     resolved = config.to_dict()
     resolved["output"]["dir"] = str(out)
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     with run_lock(out):
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         return _train(config, resolved, out, device, monitors, trainer, t0=t0, resumed_from=[],
                       extra_loggers=loggers)
 
@@ -273,13 +285,16 @@ def _train(config: RunConfig, resolved: dict[str, Any], out: Path, device: torch
         write_json_atomic(out / "summary.json", summary)
     except BaseException as err:  # a crash, Ctrl-C or SIGTERM: a failed run, maybe resumable
         _close(trainer.loggers)
-        if result is not None and _final_checkpoint_written(out / "checkpoint.pt", result):
-            write_json_atomic(out / "summary.json", summary_of(result))  # only this was left
-            raise
-        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-        write_json_atomic(out / "summary.json", {
-            "status": "failed", "reason": status, "error": describe_error(err),
-            "wall_time_s": time.perf_counter() - t0})
+        try:  # with a full disk this may fail too: the first error is the one to report
+            if result is not None and _final_checkpoint_written(out / "checkpoint.pt", result):
+                write_json_atomic(out / "summary.json", summary_of(result))  # only this was left
+                raise
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            write_json_atomic(out / "summary.json", {
+                "status": "failed", "reason": status, "error": describe_error(err),
+                "wall_time_s": time.perf_counter() - t0})
+        except OSError:
+            pass
         raise
     return RunResult(out, summary["status"], summary, result.history, result.model)
 
@@ -419,6 +434,7 @@ def _resume(run_dir: Path, *, t0: float, callbacks: list | None, loggers: list[L
     step = trainer.step
     keep = metrics_before(run_dir / "metrics.jsonl", step)
     # checked: from here on the run directory changes
+    remove_stale_temporaries(run_dir)  # half-written files of the killed process
     write_bytes_atomic(run_dir / "metrics.jsonl", keep)
     (run_dir / "summary.json").unlink(missing_ok=True)
     return _train(config, resolved, run_dir, device, monitors, trainer, t0=t0,
@@ -438,6 +454,11 @@ def _resumable(run_dir: Path) -> tuple[RunConfig, dict[str, Any], dict[str, Any]
             raise RunDirError(f"{summary_path}: the run has finished (status {status}); there "
                               "is nothing to resume")
     config_path = run_dir / "config.yaml"
+    if never_started(run_dir, check_lock=False):
+        raise RunDirError(f"{run_dir}: the run was stopped before it wrote config.yaml, so it "
+                          "never started and there is nothing to resume; start it again with "
+                          f"`catapults run CONFIG --out {run_dir}` (it reuses the directory, "
+                          "no --overwrite needed)")
     try:
         resolved = read_yaml(config_path)
         config = config_from_dict(resolved)
@@ -455,36 +476,14 @@ def _resumable(run_dir: Path) -> tuple[RunConfig, dict[str, Any], dict[str, Any]
             "output.checkpoint_every)" if every is None else
             f"{ckpt_path}: no checkpoint to resume from (the run stopped before its first "
             f"checkpoint at step {every}); start it again with `catapults run --overwrite`")
+    from catapults import __version__
+
     ckpt = read_checkpoint(ckpt_path)
-    _check_checkpoint(ckpt, ckpt_path, resolved, config_path)
+    check_resumable(ckpt, ckpt_path, resolved, config_path, __version__)
     if not (run_dir / "metrics.jsonl").is_file():
         raise RunDirError(f"{run_dir / 'metrics.jsonl'}: missing, so the rows before step "
                           f"{ckpt['step']} are lost; the run cannot be resumed")
     return config, resolved, ckpt
-
-
-def _check_checkpoint(ckpt: dict[str, Any], path: Path, resolved: dict[str, Any],
-                      config_path: Path) -> None:
-    """A checkpoint to resume from: this format and version, resumable, the run's config."""
-    from catapults import __version__
-
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a resumable catapults checkpoint (it holds only a "
-                              "final model, or was written by an earlier version)")
-    if ckpt.get("version") != CHECKPOINT_VERSION or ckpt.get("catapults_version") != __version__:
-        raise CheckpointError(
-            f"{path}: written by catapults {ckpt.get('catapults_version')} (checkpoint format "
-            f"{ckpt.get('version')}), this is catapults {__version__} (format "
-            f"{CHECKPOINT_VERSION}); resume it with the version that wrote it")
-    if not ckpt.get("resumable"):
-        raise CheckpointError(f"{path}: holds only the final model of the run, not the state "
-                              "to resume from")
-    where = first_difference(ckpt.get("config"), resolved)
-    if where is not None:
-        raise CheckpointError(f"{path}: its config differs from {config_path} at {where}; "
-                              "resume needs the config the run was started with")
-    if not isinstance(ckpt.get("step"), int):
-        raise CheckpointError(f"{path}: its step is not an integer")
 
 
 def load_run_model(

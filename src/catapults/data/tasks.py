@@ -82,18 +82,38 @@ def synthetic_regression(
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(n_train + n_test, d, generator=gen, dtype=torch.float64)
     y = target(X).reshape(-1, 1)
-    if not bool(torch.isfinite(y.to(dtype)).all()):  # e.g. 1e300*x1 overflows in float32
-        name = getattr(target, "expression", repr(target))
-        raise TargetError(f"{name!r} gives non-finite values (inf/nan) on the sampled inputs "
-                          f"(in {str(dtype).removeprefix('torch.')})")
+    _check_targets(y, n_train, dtype, getattr(target, "expression", repr(target)))
     y_train = y[:n_train].clone()
     if noise > 0:
         y_train += noise * torch.randn(n_train, 1, generator=gen, dtype=torch.float64)
+        if not bool(torch.isfinite(y_train.to(dtype).square()).all()):
+            raise ConfigError(f"data.noise: {noise:g} makes the squared training targets "
+                              f"overflow {str(dtype).removeprefix('torch.')} (the loss would be "
+                              "inf at step 0); use a smaller noise or train.dtype float64")
     return Dataset(
         X[:n_train].to(dtype), y_train.to(dtype), X[n_train:].to(dtype), y[n_train:].to(dtype),
         task="regression", name="synthetic", target=target if isinstance(target, Target) else None,
         info={"target": getattr(target, "expression", repr(target)), "d": d, "noise": noise},
     )
+
+
+def _check_targets(y: Tensor, n_train: int, dtype: torch.dtype, name: str) -> None:
+    """TargetError unless every training and test target, and its square (the loss at step 0),
+    is finite in ``dtype``: a target finite on parse_target's probe can still overflow or be
+    undefined on some sampled inputs (``exp(30*x1)`` in float32, ``sqrt(3.5-x1)``)."""
+    cast = y.to(dtype)
+    bad = ~torch.isfinite(cast).reshape(-1)
+    where = bad if bool(bad.any()) else ~torch.isfinite(cast.square()).reshape(-1)
+    if not bool(where.any()):
+        return
+    n_bad_train, n_bad_test = int(where[:n_train].sum()), int(where[n_train:].sum())
+    places = [f"{k} of the {total} {split} inputs" for k, total, split in [
+        (n_bad_train, n_train, "training"), (n_bad_test, y.shape[0] - n_train, "test")] if k]
+    what = ("non-finite values (inf/nan)" if bool(bad.any()) else
+            "values whose square (the loss) overflows")
+    raise TargetError(f"{name!r} gives {what} on {' and '.join(places)} "
+                      f"(in {str(dtype).removeprefix('torch.')}): a value overflows (e.g. exp of "
+                      "a large number) or is undefined (e.g. sqrt of a negative number)")
 
 
 # ---- real classification data ---------------------------------------------------------------

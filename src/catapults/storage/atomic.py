@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from catapults.errors import ConfigError
+from catapults.errors import ConfigError, WriteError
 
 
 def _tmp(path: Path) -> Path:
@@ -21,19 +21,27 @@ def _tmp(path: Path) -> Path:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename."""
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename. An ``OSError`` (disk
+    full, read-only file system, ...) is raised as :class:`WriteError` naming ``path``; the
+    temporary file is removed and ``path`` keeps its old content (or stays absent)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise WriteError(path, err) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

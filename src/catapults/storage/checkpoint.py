@@ -21,6 +21,7 @@ import torch
 
 from catapults.errors import CheckpointError
 from catapults.storage.atomic import save_torch_atomic
+from catapults.storage.rundir import first_difference
 
 FORMAT = "catapults-checkpoint"
 """The value of a catapults checkpoint's ``format`` key."""
@@ -96,3 +97,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a catapults checkpoint (it holds a "
                               f"{type(obj).__name__}, not a dict)")
     return obj
+
+
+def check_resumable(ckpt: dict[str, Any], path: Path, resolved: dict[str, Any],
+                    config_path: Path, version: str) -> None:
+    """:class:`CheckpointError` naming ``path`` unless ``ckpt`` is a checkpoint to resume the run
+    from: this format, written by catapults ``version``, resumable, with the run's resolved
+    config (``resolved``, read from ``config_path``) and an integer step."""
+    if ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a resumable catapults checkpoint (it holds only a "
+                              "final model, or was written by an earlier version)")
+    if ckpt.get("version") != VERSION or ckpt.get("catapults_version") != version:
+        raise CheckpointError(
+            f"{path}: written by catapults {ckpt.get('catapults_version')} (checkpoint format "
+            f"{ckpt.get('version')}), this is catapults {version} (format "
+            f"{VERSION}); resume it with the version that wrote it")
+    if not ckpt.get("resumable"):
+        raise CheckpointError(f"{path}: holds only the final model of the run, not the state "
+                              "to resume from")
+    where = first_difference(ckpt.get("config"), resolved)
+    if where is not None:
+        raise CheckpointError(f"{path}: its config differs from {config_path} at {where}; "
+                              "resume needs the config the run was started with")
+    if not isinstance(ckpt.get("step"), int):
+        raise CheckpointError(f"{path}: its step is not an integer")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from catapults.errors import ConfigError, RunDirError, RunExistsError
+from catapults.errors import ConfigError, RunDirError, RunExistsError, WriteError
 from catapults.storage.atomic import jsonable, read_json_object, write_json_atomic
 
 
@@ -38,18 +39,35 @@ def describe_error(err: BaseException) -> str:
 
 
 class MetricsFile:
-    """Append-only ``metrics.jsonl``: one strict-JSON object per line, flushed on every write."""
+    """Append-only ``metrics.jsonl``: one strict-JSON object per line, written whole and flushed
+    on every write. A write that fails (disk full, ...) is cut back off the file, so no torn
+    line is left, and raised as :class:`WriteError` naming the file."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._fh = open(self.path, "a", buffering=1)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise WriteError(self.path, err) from None
 
     def __call__(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
-        self._fh.flush()
+        line = (json.dumps(jsonable(record), allow_nan=False) + "\n").encode()
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as err:
+            try:
+                os.ftruncate(self._fd, start)  # frees space: works on a full disk
+            except OSError:
+                pass
+            raise WriteError(self.path, err) from None
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -125,6 +143,79 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?:new|old)-(?P<pid>[0-9]+)-[A-Za-z0-9_]+$")
+
+
+def _stale_staging(out: Path) -> list[Path]:
+    """The temporary directories that :func:`create_run_dir` of ``out`` made beside it in a
+    process that no longer exists (killed during the swap): ``.NAME.new-PID-*``,
+    ``.NAME.old-PID-*``."""
+    stale = []
+    try:
+        entries = list(out.parent.iterdir()) if out.parent.is_dir() else []
+    except OSError:
+        return []
+    for p in entries:
+        m = _STAGING.match(p.name)
+        if m and m["name"] == out.name and p.is_dir() and not _pid_alive(int(m["pid"])):
+            stale.append(p)
+    return stale
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp-([0-9]+)$")
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Remove the temporary files (``.NAME.tmp-PID``, from :mod:`catapults.storage.atomic`)
+    that processes no longer alive left in ``run_dir`` and its sub-directories when they were
+    killed mid-write; the paths removed."""
+    removed = []
+    for p in Path(run_dir).rglob(".*.tmp-*"):
+        m = _TEMPORARY.match(p.name)
+        if m and p.is_file() and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def never_started(path: str | Path, *, check_lock: bool = True) -> bool:
+    """Whether ``path`` is a run directory that was stopped (killed) before it wrote its
+    ``config.yaml``: it holds only the marker (and temporary files of dead processes) and no
+    process holds its lock. Such a directory is reused by a new run without ``overwrite``."""
+    path = Path(path)
+    if not is_run_dir(path):
+        return False
+    for p in path.iterdir():
+        if p.name == RUN_MARKER:
+            continue
+        m = _TEMPORARY.match(p.name)
+        if not (m and p.is_file() and not _pid_alive(int(m.group(1)))):
+            return False
+    try:  # the process that made it may still be about to write (before it takes the lock)
+        pid = json.loads((path / RUN_MARKER).read_text()).get("pid")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        pid = None
+    if isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+        return False
+    if not check_lock:  # the caller holds the lock
+        return True
+    try:
+        with run_lock(path):
+            return True
+    except RunDirError:
+        return False
+
+
 def prepare_run_dir(out: str | Path, *, overwrite: bool) -> Path:
     """Check that ``out`` may be written, else raise :class:`RunExistsError` (or
     :class:`ConfigError`). Writes nothing.
@@ -142,7 +233,7 @@ def prepare_run_dir(out: str | Path, *, overwrite: bool) -> Path:
         raise ConfigError(f"output.dir: {out} is the current directory or contains it; "
                           "overwrite replaces only run directories")
     empty = not any(out.iterdir())
-    if empty:
+    if empty or never_started(out):  # a run killed before it wrote anything is reused
         return out
     if not overwrite:
         raise RunExistsError(
@@ -162,16 +253,23 @@ def create_run_dir(out: str | Path, *, overwrite: bool) -> Path:
     The new directory is made beside ``out`` (same parent) with its marker and only then swapped
     in, so ``out`` is never a directory without a marker, and an old run is removed only once the
     new one exists: a parent that cannot be written leaves the old run untouched. Raises
-    :class:`ConfigError` naming the directory on an OS error."""
+    :class:`ConfigError` naming the directory on an OS error.
+
+    The temporary directories (``.NAME.new-PID-*``, ``.NAME.old-PID-*``) that a process killed
+    during the swap left beside ``out`` are removed first."""
     out = prepare_run_dir(out, overwrite=overwrite)
+    for stale in _stale_staging(out):
+        shutil.rmtree(stale, ignore_errors=True)
     old: Path | None = None
     staging: Path | None = None
+    pid = os.getpid()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-        write_json_atomic(staging / RUN_MARKER, {"kind": "run", "created": time.time()})
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-{pid}-", dir=out.parent))
+        write_json_atomic(staging / RUN_MARKER, {"kind": "run", "created": time.time(),
+                                                 "pid": pid})
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{pid}-", dir=out.parent))
             os.replace(out, old / "run")
         try:
             os.replace(staging, out)
