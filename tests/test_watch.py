@@ -242,3 +242,34 @@ def test_begin_end_and_state_dict_resume_a_watch(tmp_path):
     assert rows[:4] == [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").open()]
     with pytest.raises(MonitorError, match="not a saved watch state"):
         catapults.watch(model, opt).load_state_dict({"version": 1, "history": [{"step": 3}]})
+
+
+def test_a_zero_kernel_gives_no_critical_rate_instead_of_a_crash(tmp_path):
+    """Every gradient vanishes (all ReLUs dead): lambda_max = 0 on the probe and on every
+    batch; eta_crit is infinite (null in metrics.jsonl), not a ZeroDivisionError."""
+    import json
+
+    import torch
+
+    import catapults
+    from catapults.models import MLP
+
+    model = MLP(4, 1, width=8, depth=2, seed=0)
+    with torch.no_grad():
+        model.net[1].weight.zero_()
+    X, y = torch.randn(16, 4), torch.randn(16, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = catapults.watch(model, opt, probe=(X, y), out=tmp_path / "w", every=1, k=2,
+                          figures=False)
+    for i in range(3):
+        xb, yb = X[4 * i:4 * i + 4], y[4 * i:4 * i + 4]
+        loss = torch.nn.functional.mse_loss(model(xb), yb)
+        mon.step(loss, batch=(xb, yb))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    mon.close()
+    text = (tmp_path / "w" / "metrics.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert rows and all(r["ntk/eta_crit"] is None and r["ntk/batch_eta_crit"] is None
+                        for r in rows)

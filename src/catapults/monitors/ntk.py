@@ -3,6 +3,7 @@ tracked during training."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,11 @@ from torch import Tensor, nn
 from catapults import metrics, ntk
 from catapults.training.callbacks import Callback, StepContext
 
+
+def critical_rate(nc: int, lam_max: float) -> float:
+    """``n·c / λ_max``; ``inf`` when the kernel is zero (every gradient vanishes on the batch or
+    probe, e.g. all ReLUs dead there): no learning rate is above critical (written as null)."""
+    return nc / lam_max if lam_max > 0 else math.inf
 
 class NTKMonitor(Callback):
     """Track the empirical NTK spectrum and the top-eigenspace loss split.
@@ -72,7 +78,7 @@ class NTKMonitor(Callback):
         L, L_top, L_rest = ntk.split_from_eigvecs(r, vecs[:, :s])
         lam = [float(v) for v in vals]
         by_s = ((vecs.T @ r).pow(2).cumsum(0) / nc).tolist()  # L_top for s = 1..k
-        return {metrics.NTK_LAMBDA: lam, metrics.NTK_ETA_CRIT: nc / lam[0],
+        return {metrics.NTK_LAMBDA: lam, metrics.NTK_ETA_CRIT: critical_rate(nc, lam[0]),
                 metrics.NTK_CRITICAL_LEVEL: level, metrics.NTK_S: s, metrics.NTK_L: L,
                 metrics.NTK_L_TOP: L_top, metrics.NTK_L_REST: L_rest,
                 metrics.NTK_L_TOP_BY_S: by_s}
@@ -100,7 +106,7 @@ class NTKMonitor(Callback):
             Kb = ntk.empirical_ntk(state.model, X, kind="full", check=False)
             lam_b = float(torch.linalg.eigvalsh(Kb)[-1])
             row = {metrics.NTK_BATCH_LAMBDA_MAX: lam_b,
-                   metrics.NTK_BATCH_ETA_CRIT: Kb.shape[0] / lam_b}
+                   metrics.NTK_BATCH_ETA_CRIT: critical_rate(Kb.shape[0], lam_b)}
             record.update(row)
             self.batch_rows.append({"step": state.step, "lr": state.lr, **row})
         if self.X is not None and state.step % self.every == 0 and state.lr > 0:
