@@ -187,3 +187,30 @@ def test_cuda_run_is_checked_against_the_device_memory(monkeypatch):
     monkeypatch.setattr(budget, "memory_budget", REAL_MEMORY_BUDGET)
     monkeypatch.setenv(budget.ENV_VAR, "off")
     assert budget.device_budget(torch.device("cuda", 0)) is None
+
+
+@pytest.mark.parametrize("arch,extra", [("cnn", {}), ("cnn", {"width": 256, "depth": 4}),
+                                        ("wrn", {}), ("wrn", {"depth": 28, "widen_factor": 10}),
+                                        ("vit", {}), ("vit", {"width": 192, "heads": 3})])
+def test_image_architectures_are_estimated(arch, extra):
+    """Every architecture gets a parameter estimate close to its true count (the MLP's is
+    exact), and a normal config passes the check (an arch with no `width` once crashed it)."""
+    from catapults.budget import _arch_sizes, _shape
+    from catapults.config.model import model_spec
+    from catapults.models import count_parameters
+
+    cfg = config_from_dict({"data": {"name": "digits", "classes": [3, 8]},
+                            "model": {"arch": arch, **extra}})
+    d, c, _, _ = _shape(cfg.data)
+    p, act, _ = _arch_sizes(cfg.model, cfg.data, d, c)
+    true = count_parameters(model_spec(cfg.model, in_shape=[1, 8, 8], out_dim=c, seed=0,
+                                       dtype="float32"))
+    assert 0.8 * true <= p <= 1.3 * true and act > 0
+    budget.check(cfg)
+
+
+def test_a_huge_cnn_is_refused_naming_its_width():
+    cfg = config_from_dict({"data": {"name": "digits", "classes": [3, 8]},
+                            "model": {"arch": "cnn", "width": 60000, "depth": 8}})
+    with pytest.raises(ConfigError, match=r"^model\.width: 60000"):
+        budget.check(cfg, budget.Budget(2**33, "a test budget"))

@@ -153,6 +153,49 @@ def _shape(data: Any) -> tuple[int, int, str, Any]:
     return ch * h * w, c, field, value
 
 
+def _image(data: Any) -> tuple[int, int, int]:
+    """(channels, height, width) of an image data set's inputs; synthetic data: (1, 1, d)."""
+    if data.name == "synthetic":
+        return 1, 1, data.d
+    ch, h, w = IMAGE_SHAPES[data.name]
+    if data.grayscale:
+        ch = 1
+    if data.image_size is not None:
+        h = w = data.image_size
+    return ch, h, w
+
+
+def _arch_sizes(model: Any, data: Any, d: int, c: int) -> tuple[int, int, int]:
+    """(parameters, activations per sample, layers) of ``model`` (a config section) on inputs
+    of ``d`` values and ``c`` outputs: exact for the MLP, an upper-leaning count for the image
+    architectures (every conv or token map kept once forward and once backward), (0, 0, 0) for
+    ``arch: import`` (only known once built; not checked)."""
+    arch = getattr(model, "arch", "mlp")
+    if arch == "mlp":
+        dims = [d] + [model.width] * (model.depth - 1) + [c]
+        p = sum(a * b + (b if model.bias else 0) for a, b in zip(dims[:-1], dims[1:]))
+        return p, model.width * (model.depth - 1), model.depth
+    ch, h, w = _image(data)
+    if arch == "cnn":
+        k2, width = model.kernel_size ** 2, model.width
+        p = k2 * ch * width + (model.depth - 1) * k2 * width * width + width * c
+        return p, 2 * model.depth * width * h * w, model.depth + 1
+    if arch == "wrn":
+        blocks, k = (model.depth - 4) // 6, model.widen_factor
+        widths = [16 * k, 32 * k, 64 * k]
+        p = 9 * ch * 16 + sum(9 * 2 * blocks * wd * wd + 9 * wd * wd // 2 for wd in widths)
+        act = sum(2 * blocks * 3 * wd * h * w // 4 ** g for g, wd in enumerate(widths))
+        return p + widths[-1] * c, act + 16 * h * w, model.depth
+    if arch == "vit":
+        width, tokens = model.width, (h // model.patch_size) * (w // model.patch_size) + 1
+        ratio = model.mlp_ratio
+        per_block = (4 + 2 * ratio) * width * width
+        p = model.depth * per_block + (ch * model.patch_size ** 2 + tokens + c) * width
+        act = model.depth * tokens * ((8 + 2 * ratio) * width + 2 * model.heads * tokens)
+        return int(p), int(act), model.depth
+    return 0, 0, 0
+
+
 def estimate(config: Any) -> list[Part]:
     """The large objects ``config`` (a :class:`catapults.config.RunConfig`) implies, in bytes."""
     data, model, train, mon, out = (config.data, config.model, config.train, config.monitor,
@@ -170,23 +213,27 @@ def estimate(config: Any) -> list[Part]:
     parts.append(Part(f"the data ({n + n_test:,} samples of dimension {d:,})",
                       (n + n_test) * (d * per_value + 16 * c), *data_field))
     # parameters, gradients and optimizer state (and a serialised copy for checkpoints)
-    dims = [d] + [model.width] * (model.depth - 1) + [c]
-    p = sum(a * b + (b if model.bias else 0) for a, b in zip(dims[:-1], dims[1:]))
+    p, hidden, layers = _arch_sizes(model, data, d, c)
+    if getattr(model, "linearize", False):  # theta and theta_0, and the JVP's tangents
+        p, hidden = 2 * p, 2 * hidden
+    size_field = ({"mlp": "model.width", "cnn": "model.width", "vit": "model.width",
+                   "wrn": "model.widen_factor"}.get(getattr(model, "arch", "mlp"), "model.arch"))
+    size_value = getattr(model, size_field.split(".")[1], None)
     slots = {"gd": 0, "sgd": 0, "momentum": 1, "adam": 2}[train.optimizer]
     slots += 1 if train.weight_decay > 0 and train.optimizer in ("gd", "sgd") else 0
     copies = 2 + slots + (2 * (1 + slots) if out.checkpoint or out.checkpoint_every else 0)
     parts.append(Part(f"the model's {p:,} parameters (with gradients, optimizer state and "
                       "checkpoint copies)", p * s * copies,
-                      *(("model.width", model.width) if model.depth > 1 else (d_field, d_value))))
+                      *((size_field, size_value) if (model.depth or 0) > 1
+                        or getattr(model, "arch", "mlp") != "mlp" else (d_field, d_value))))
     # activations of a training step (forward and backward) and of a full evaluation pass
     full = train.optimizer == "gd" or train.batch_size is None
     b = n if full else min(train.batch_size, n)
-    hidden = model.width * (model.depth - 1)
     step = Part(f"the activations of a forward and backward pass over {b:,} samples",
                 3 * b * (d + hidden + c) * s,
                 *(("data.n_train", n) if full else ("train.batch_size", b)))
     evaluation = Part(f"the activations of an evaluation pass over {max(n, n_test):,} samples",
-                      2 * max(n, n_test) * (d + model.width + c) * s, *count_field)
+                      2 * max(n, n_test) * (d + hidden + c) * s, *count_field)
     parts.append(max(step, evaluation, key=lambda part: part.bytes))  # one at a time
     if mon.ntk.enabled:
         m = min(mon.ntk.probe_size or (n if full else min(n, 512)), n)
@@ -194,7 +241,7 @@ def estimate(config: Any) -> list[Part]:
         dense = mon.ntk.method == "dense" or (mon.ntk.method == "auto" and N <= DENSE_ROWS)
         # dense: K in the dtype, its float64 copy and eigenvectors; per-layer Jacobian factors
         need = (N * N * (s + 16) if dense else N * (mon.ntk.k + 40) * 8) \
-            + m * (d + hidden + c * (model.depth + 1)) * s * 2
+            + m * (d + hidden + c * (layers + 1)) * s * 2
         field = ("monitor.ntk.probe_size",
                  m if mon.ntk.probe_size else f"unset (the probe is {m:,} training samples)")
         parts.append(Part(f"the NTK monitor's kernel on {m:,} probe points (({N:,})² "
