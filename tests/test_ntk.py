@@ -286,3 +286,20 @@ def test_monitor_solvers_agree_with_finite_difference_kernel():
         assert row["ntk/L_top"] == pytest.approx(L_top_ref, rel=1e-5, abs=1e-10)
     with pytest.raises(ValueError, match="method"):
         NTKMonitor(X, y, method="eigh")
+
+
+def test_generic_chunk_comes_from_the_memory_budget():
+    from catapults.curvature.ntk_rules.generic import auto_chunk, bytes_per_sample
+
+    model = SmallCNN().double()
+    X = torch.randn(9, 2, 5, 5, dtype=torch.float64)
+    p = sum(q.numel() for q in model.parameters())
+    per = bytes_per_sample(model, X, p, 2)
+    assert per >= 8 * 2 * 2 * p  # at least the sample's Jacobian rows, twice
+    assert auto_chunk(9, per, 2e9) == 9  # everything fits: one unchunked vmap(jacrev)
+    assert auto_chunk(9, per, 3.5 * per) == 3 and auto_chunk(9, per, 1) == 1
+    K_ref = reference_kernel(model, X, "full", how="vmap")
+    for budget in (2e9, 3.5 * per, 1):  # one chunk, chunks of 3, and J recomputed blockwise
+        K = empirical_ntk(model, X, method="generic", memory_budget=budget)
+        torch.testing.assert_close(K, K_ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(K, K.T, rtol=0, atol=0)

@@ -17,8 +17,8 @@ Two exact paths compute K:
   ``K = Σ_l s_l² (A_l A_lᵀ) ∘ (G_l G_lᵀ) + β_l² G_l G_lᵀ``. Gram matrices are formed blockwise
   on the upper triangle only (half the flops of a plain ``A @ A.T``), see
   :mod:`catapults.linalg.gram`.
-- **generic** (any other module): per-sample Jacobians with ``torch.func.vmap(jacrev)``, chunked
-  over samples so memory stays bounded, contracted to ``J Jᵀ``.
+- **generic** (any other module): per-sample Jacobians with ``torch.func.vmap(jacrev)``, in chunks
+  sized from a memory budget (:mod:`catapults.curvature.ntk_rules.generic`), contracted to ``J Jᵀ``.
 
 Both refuse models whose per-sample outputs depend on other samples (BatchNorm in training mode,
 for example): the kernel is not defined sample by sample there. Every path returns an exactly
@@ -32,11 +32,15 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, jvp, vjp, vmap
+from torch.func import functional_call, jvp, vjp, vmap
 
 from catapults.curvature.checks import check_per_sample, on_model_device, trainable_params
+from catapults.curvature.ntk_rules.generic import generic_ntk, per_sample_jacobian
 from catapults.errors import KernelError
 from catapults.linalg.gram import gram, mirror_upper_, sum_of_gram_products
+
+__all__ = ["LINEAR_RULES", "empirical_ntk", "ntk_matvec", "per_sample_jacobian",
+           "register_linear_rule"]
 
 # ---- layer rules ------------------------------------------------------------------------------
 LinearScales = Callable[[nn.Module], tuple[float, float]]
@@ -180,54 +184,6 @@ def _fast_ntk(model: nn.Module, X: Tensor, layers: list[nn.Module], kind: str,
     return _full_kernel(layers, A, G, n, X.dtype, X.device)
 
 
-# ---- generic path: per-sample Jacobians ------------------------------------------------------
-def per_sample_jacobian(model: nn.Module, X: Tensor, *, chunk_size: int = 64) -> Tensor:
-    """The Jacobian ``J`` of shape ``(n·c, p)`` (sample-major rows) over trainable parameters,
-    from ``vmap(jacrev)`` in chunks of ``chunk_size`` samples."""
-    params = trainable_params(model)
-    buffers = dict(model.named_buffers())
-
-    def f_single(p, x):
-        return functional_call(model, (p, buffers), (x.unsqueeze(0),)).reshape(-1)
-
-    jac_fn = vmap(jacrev(f_single), in_dims=(None, 0))
-    rows = []
-    for i in range(0, X.shape[0], chunk_size):
-        jac = jac_fn(params, X[i:i + chunk_size])  # dict name -> (b, c, *shape)
-        b, c = next(iter(jac.values())).shape[:2]
-        rows.append(torch.cat([v.reshape(b * c, -1) for v in jac.values()], dim=1).detach())
-    return torch.cat(rows)
-
-
-def _generic_ntk(model: nn.Module, X: Tensor, kind: str, chunk_size: int,
-                 memory_budget: float) -> Tensor:
-    n = X.shape[0]
-    p = sum(v.numel() for v in trainable_params(model).values())
-    with torch.no_grad():
-        c = model(X[:1]).reshape(1, -1).shape[1]
-    itemsize = X.element_size()
-    if n * c * p * itemsize <= memory_budget:
-        J = per_sample_jacobian(model, X, chunk_size=chunk_size)
-        K = gram(J)
-    else:  # recompute Jacobian chunks instead of storing J
-        K = torch.empty(n * c, n * c, dtype=X.dtype, device=X.device)
-        starts = list(range(0, n, chunk_size))
-        for a in starts:
-            Ja = per_sample_jacobian(model, X[a:a + chunk_size], chunk_size=chunk_size)
-            for b in starts:
-                if b < a:
-                    continue
-                Jb = Ja if b == a else per_sample_jacobian(
-                    model, X[b:b + chunk_size], chunk_size=chunk_size)
-                blk = Ja @ Jb.T
-                K[a * c:a * c + blk.shape[0], b * c:b * c + blk.shape[1]] = blk
-                K[b * c:b * c + blk.shape[1], a * c:a * c + blk.shape[0]] = blk.T
-        mirror_upper_(K)
-    if kind == "trace" and c > 1:
-        K = K.view(n, c, n, c).diagonal(dim1=1, dim2=3).sum(-1)
-    return K
-
-
 # ---- public API -----------------------------------------------------------------------------
 def empirical_ntk(
     model: nn.Module,
@@ -235,7 +191,7 @@ def empirical_ntk(
     *,
     kind: str = "full",
     method: str = "auto",
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     memory_budget: float = 2e9,
     check: bool = True,
     return_outputs: bool = False,
@@ -247,8 +203,10 @@ def empirical_ntk(
             ``i*c + j`` is output ``j`` of sample ``i``) or ``"trace"`` (``n × n``,
             ``Σ_j K_jj``). Identical for scalar outputs.
         method: ``"auto"`` (fast path when the model allows it), ``"fast"`` or ``"generic"``.
-        chunk_size: samples per ``vmap(jacrev)`` chunk on the generic path.
-        memory_budget: bytes the generic path may use to hold ``J`` at once.
+        chunk_size: samples per ``vmap(jacrev)`` chunk on the generic path; ``None`` (default)
+            takes as many as fit in ``memory_budget`` (all of them when they fit: one
+            unchunked ``vmap(jacrev)``, see :mod:`catapults.curvature.ntk_rules.generic`).
+        memory_budget: bytes the generic path may use (the Jacobian and vmap's activations).
         check: refuse models whose outputs mix samples (see :func:`check_per_sample`).
         return_outputs: also return the outputs ``f(X)`` of shape ``(n, c)`` (free on the fast
             path, which runs the forward pass anyway).
@@ -275,7 +233,7 @@ def empirical_ntk(
             raise KernelError("the fast path needs every trainable parameter in a linear layer "
                            "applied once to 2-D inputs; use method='generic'")
     if K is None:
-        K = _generic_ntk(model, X, kind, chunk_size, memory_budget)
+        K = generic_ntk(model, X, kind, chunk_size, memory_budget)
     if not return_outputs:
         return K
     if not sink:
