@@ -303,3 +303,32 @@ def test_generic_chunk_comes_from_the_memory_budget():
         K = empirical_ntk(model, X, method="generic", memory_budget=budget)
         torch.testing.assert_close(K, K_ref, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(K, K.T, rtol=0, atol=0)
+
+
+def test_one_kernel_serves_every_quantity(monkeypatch):
+    from catapults.curvature import spectrum
+    from catapults.ntk import ntk_summary
+
+    model = MLP(5, 2, width=12, depth=2, dtype=torch.float64, seed=4)
+    X, y = torch.randn(9, 5, dtype=torch.float64), torch.randn(9, 2, dtype=torch.float64)
+    K = reference_kernel(model, X, "full", how="vmap")
+    vals_ref = torch.linalg.eigvalsh(K).flip(0)
+    calls = []
+    real = spectrum.empirical_ntk
+    monkeypatch.setattr(spectrum, "empirical_ntk",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    vals, vecs = top_eigenpairs(model, X, 3, K=K)
+    torch.testing.assert_close(vals, vals_ref[:3], rtol=1e-10, atol=1e-12)
+    assert critical_lr(None, None, K=K) == pytest.approx(18 / vals_ref[0].item(), rel=1e-10)
+    split = loss_split(model, X, y, 3, K=K)
+    assert not calls  # none of them formed another kernel
+    assert split == pytest.approx(loss_split(model, X, y, 3), rel=1e-9)
+    summ = ntk_summary(model, X, y, k=3, lr=36 / (vals_ref[1] + vals_ref[2]).item(),
+                       keep_kernel=True)
+    assert len(calls) == 2  # loss_split without K (above) and the summary: one kernel each
+    torch.testing.assert_close(summ.eigenvalues, vals_ref[:3], rtol=1e-10, atol=1e-12)
+    assert summ.eta_crit == pytest.approx(critical_lr(model, X), rel=1e-10)
+    assert summ.s == 2  # λ_1 and λ_2 above n·c/lr
+    L, top, rest = loss_split(model, X, y, 2, K=K)
+    assert (summ.L, summ.L_top, summ.L_rest) == pytest.approx((L, top, rest), rel=1e-9)
+    torch.testing.assert_close(summ.K, K, rtol=1e-10, atol=1e-12)

@@ -15,9 +15,11 @@ from catapults.curvature.ntk import (
     register_linear_rule,
 )
 from catapults.curvature.spectrum import (
+    NTKSummary,
     critical_lr,
     lambda_max,
     loss_split,
+    ntk_summary,
     split_from_eigvecs,
     top_eigenpairs,
 )
@@ -27,7 +29,7 @@ from catapults.linalg.gram import gram
 
 __all__ = [
     "LINEAR_RULES", "KernelError", "NTKError", "block_krylov_top", "check_per_sample",
-    "critical_lr", "eig_top", "empirical_ntk", "gram", "lambda_max", "loss_split",
-    "ntk_matvec", "on_model_device", "per_sample_jacobian", "register_linear_rule",
-    "split_from_eigvecs", "top_eigenpairs",
+    "NTKSummary", "critical_lr", "eig_top", "empirical_ntk", "gram", "lambda_max",
+    "loss_split", "ntk_matvec", "ntk_summary", "on_model_device", "per_sample_jacobian",
+    "register_linear_rule", "split_from_eigvecs", "top_eigenpairs",
 ]
