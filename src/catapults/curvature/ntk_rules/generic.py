@@ -44,7 +44,8 @@ def bytes_per_sample(model: nn.Module, X: Tensor, p: int, c: int) -> int:
     """Estimated bytes one sample costs inside ``vmap(jacrev)``: its ``c`` Jacobian rows (twice:
     the chunk and its concatenation) and ``c + 1`` copies of its activations (the forward pass
     and one backward pass per output), times a safety factor 2 for temporaries."""
-    itemsize = X.element_size()
+    with torch.no_grad():
+        itemsize = model(X[:1]).element_size()
     act = _activation_numel(model, X[:1])
     return int(itemsize * (2 * c * p + 2 * (c + 1) * act))
 
@@ -97,16 +98,17 @@ def generic_ntk(model: nn.Module, X: Tensor, kind: str, chunk_size: int | None,
         names = [k for k, v in allp.items() if v.requires_grad]
     p = sum(allp[k].numel() for k in names)
     with torch.no_grad():
-        c = model(X[:1]).reshape(1, -1).shape[1]
+        f1 = model(X[:1]).reshape(1, -1)
+    c, dtype, itemsize = f1.shape[1], f1.dtype, f1.element_size()
     per = bytes_per_sample(model, X, p, c)
     chunk = chunk_size or auto_chunk(n, per, memory_budget)
-    if n * c * p * X.element_size() <= memory_budget:
+    if n * c * p * itemsize <= memory_budget:
         J = per_sample_jacobian(model, X, chunk_size=chunk, names=names)
         K = gram(J)
     else:  # recompute Jacobian chunks instead of storing J
         if chunk_size is None:  # two chunks of J are held at once, plus one's activations
-            chunk = auto_chunk(n, per + c * p * X.element_size(), memory_budget)
-        K = torch.empty(n * c, n * c, dtype=X.dtype, device=X.device)
+            chunk = auto_chunk(n, per + c * p * itemsize, memory_budget)
+        K = torch.empty(n * c, n * c, dtype=dtype, device=X.device)
         starts = list(range(0, n, chunk))
         for a in starts:
             Ja = per_sample_jacobian(model, X[a:a + chunk], chunk_size=chunk, names=names)
