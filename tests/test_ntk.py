@@ -332,3 +332,23 @@ def test_one_kernel_serves_every_quantity(monkeypatch):
     L, top, rest = loss_split(model, X, y, 2, K=K)
     assert (summ.L, summ.L_top, summ.L_rest) == pytest.approx((L, top, rest), rel=1e-9)
     torch.testing.assert_close(summ.K, K, rtol=1e-10, atol=1e-12)
+
+
+def test_matrix_free_eigenpairs_multiply_blocks_of_vectors(monkeypatch):
+    from catapults.curvature import spectrum
+
+    model = MLP(6, 2, width=24, depth=2, dtype=torch.float64, seed=8)
+    X = torch.randn(40, 6, dtype=torch.float64)
+    shapes = []
+    real = spectrum.ntk_matvec
+
+    def spy(m, x):
+        mv = real(m, x)
+        return lambda V: shapes.append(tuple(V.shape)) or mv(V)
+
+    monkeypatch.setattr(spectrum, "ntk_matvec", spy)
+    vals, vecs = top_eigenpairs(model, X, 3, method="lanczos", tol=1e-10)
+    assert shapes and all(len(s) == 2 and s[1] >= 3 for s in shapes)  # blocks, not vectors
+    K = reference_kernel(model, X, "full", how="vmap")
+    torch.testing.assert_close(vals, torch.linalg.eigvalsh(K).flip(0)[:3], rtol=1e-8, atol=1e-10)
+    assert ((K @ vecs - vecs * vals).norm(dim=0) / vals).max() < 1e-7

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from catapults.curvature.checks import check_per_sample
 from catapults.curvature.ntk import empirical_ntk, ntk_matvec
 from catapults.errors import KernelError
-from catapults.linalg.eigen import eig_top
+from catapults.linalg.eigen import block_krylov_top, eig_top
 
 
 def top_eigenpairs(
@@ -37,8 +36,10 @@ def top_eigenpairs(
     Args:
         kind: ``"full"`` (default, ``N = n·c``) or ``"trace"`` (``N = n``).
         method: ``"dense"`` (form K, then eigh / Lanczos on it), ``"lanczos"`` (matrix-free:
-            ``K v = J(Jᵀv)``, never forming K or J; full kernel only), or ``"auto"`` (dense up to
-            ``max_dense`` rows).
+            block Lanczos (:func:`~catapults.linalg.eigen.block_krylov_top`) on
+            ``K V = J(Jᵀ V)`` for blocks of ``k + 3`` vectors at once (batched VJP and JVP),
+            never forming K or J; full kernel only), or ``"auto"`` (dense up to ``max_dense``
+            rows).
         v0: previous eigenvectors ``(N, k')`` to warm-start the iterative solvers.
         K: a precomputed kernel (of the ``kind`` wanted): its eigenpairs are returned and the
             model is not used.
@@ -60,25 +61,18 @@ def top_eigenpairs(
             if model(X[:1]).reshape(1, -1).shape[1] > 1:
                 raise KernelError("the matrix-free solver works on the full kernel (kind='full')")
     check_per_sample(model, X)
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    mv = ntk_matvec(model, X)
+    mv = ntk_matvec(model, X)  # K V for a whole block V at once (vmap over its columns)
     with torch.no_grad():
         N = model(X).numel()
     dev, dt = X.device, X.dtype
+    if not dt.is_floating_point:
+        dt = next(model.parameters()).dtype
 
-    def apply(v: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(v)).to(device=dev, dtype=dt)
-        return mv(t).to("cpu", torch.float64).numpy()
+    def matmul(V: Tensor) -> Tensor:
+        return mv(V.to(dt)).to(torch.float64)
 
-    op = LinearOperator((N, N), matvec=apply, matmat=apply, dtype=np.float64)
-    start = None
-    if v0 is not None and v0.shape[0] == N:
-        start = v0.detach().to("cpu", torch.float64).reshape(N, -1).sum(1).numpy()
-    vals, vecs = eigsh(op, k=min(k, N - 1), which="LA", v0=start, tol=tol)
-    order = np.argsort(vals)[::-1].copy()
-    return (torch.from_numpy(vals[order].copy()).to(device=dev, dtype=dt),
-            torch.from_numpy(vecs[:, order].copy()).to(device=dev, dtype=dt))
+    vals, vecs = block_krylov_top(matmul, N, min(k, N), v0=v0, tol=tol, device=dev)
+    return vals.to(dt), vecs.to(dt)
 
 
 def lambda_max(model: nn.Module, X: Tensor, *, kind: str = "full") -> float:
