@@ -36,6 +36,8 @@ def float_outputs(out: Any) -> list[Tensor]:
 class LocalVJPRule(NTKRule):
     """Per-sample gradients of all the module's parameters (recursively) by ``vmap(vjp)``."""
 
+    per_sample = True
+
     def params(self, module):
         return dict(module.named_parameters())
 

@@ -80,6 +80,8 @@ def _weight_grads(mod: nn.Module, x: Tensor, g: Tensor, c: int) -> Tensor:
 class ConvRule(NTKRule):
     """``weight`` ``(out, in/groups, *k)``, ``bias`` ``(out,)`` or None."""
 
+    per_sample = True
+
     def factors(self, module: nn.Module, call: Call, want: set[str], n: int,
                 c: int) -> list[Factor]:
         x = call.input

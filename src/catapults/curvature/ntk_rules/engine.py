@@ -50,9 +50,12 @@ class Plan:
     remainder: list[str]  # names (model.named_parameters) for the generic path
     names: dict[int, str]  # id(param) -> name
 
-    def covered_fraction(self, model: nn.Module) -> float:
+    def covered_fraction(self, model: nn.Module, *, cheap_only: bool = False) -> float:
+        """Share of the trainable parameters covered by rules (``cheap_only``: by rules that
+        do not form per-sample gradients the generic path's way)."""
         p = {id(v): v.numel() for v in model.parameters() if v.requires_grad}
-        covered = sum(p[i] for r in self.ruled for i in r.want.values())
+        covered = sum(p[i] for r in self.ruled for i in r.want.values()
+                      if not (cheap_only and r.rule.per_sample))
         return covered / max(1, sum(p.values()))
 
 

@@ -83,7 +83,11 @@ class NTKRule:
     """A layer rule. Subclasses implement :meth:`factors`; :meth:`params` says which parameters
     the rule covers (default: the module's own, ``recurse=False``); :meth:`check` refuses a
     module the rule cannot treat exactly (raise :class:`KernelError`), and :meth:`supports`
-    returns False to leave such a module to the generic path instead."""
+    returns False to leave such a module to the generic path instead. ``per_sample`` is True
+    for rules that form per-sample gradients by work comparable to the generic path's
+    (convolutions on images, local VJPs): ``method="auto"`` does not count them as a saving."""
+
+    per_sample = False
 
     def params(self, module: nn.Module) -> dict[str, nn.Parameter]:
         return dict(module.named_parameters(recurse=False))
