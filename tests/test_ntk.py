@@ -286,3 +286,69 @@ def test_monitor_solvers_agree_with_finite_difference_kernel():
         assert row["ntk/L_top"] == pytest.approx(L_top_ref, rel=1e-5, abs=1e-10)
     with pytest.raises(ValueError, match="method"):
         NTKMonitor(X, y, method="eigh")
+
+
+def test_generic_chunk_comes_from_the_memory_budget():
+    from catapults.curvature.ntk_rules.generic import auto_chunk, bytes_per_sample
+
+    model = SmallCNN().double()
+    X = torch.randn(9, 2, 5, 5, dtype=torch.float64)
+    p = sum(q.numel() for q in model.parameters())
+    per = bytes_per_sample(model, X, p, 2)
+    assert per >= 8 * 2 * 2 * p  # at least the sample's Jacobian rows, twice
+    assert auto_chunk(9, per, 2e9) == 9  # everything fits: one unchunked vmap(jacrev)
+    assert auto_chunk(9, per, 3.5 * per) == 3 and auto_chunk(9, per, 1) == 1
+    K_ref = reference_kernel(model, X, "full", how="vmap")
+    for budget in (2e9, 3.5 * per, 1):  # one chunk, chunks of 3, and J recomputed blockwise
+        K = empirical_ntk(model, X, method="generic", memory_budget=budget)
+        torch.testing.assert_close(K, K_ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(K, K.T, rtol=0, atol=0)
+
+
+def test_one_kernel_serves_every_quantity(monkeypatch):
+    from catapults.curvature import spectrum
+    from catapults.ntk import ntk_summary
+
+    model = MLP(5, 2, width=12, depth=2, dtype=torch.float64, seed=4)
+    X, y = torch.randn(9, 5, dtype=torch.float64), torch.randn(9, 2, dtype=torch.float64)
+    K = reference_kernel(model, X, "full", how="vmap")
+    vals_ref = torch.linalg.eigvalsh(K).flip(0)
+    calls = []
+    real = spectrum.empirical_ntk
+    monkeypatch.setattr(spectrum, "empirical_ntk",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    vals, vecs = top_eigenpairs(model, X, 3, K=K)
+    torch.testing.assert_close(vals, vals_ref[:3], rtol=1e-10, atol=1e-12)
+    assert critical_lr(None, None, K=K) == pytest.approx(18 / vals_ref[0].item(), rel=1e-10)
+    split = loss_split(model, X, y, 3, K=K)
+    assert not calls  # none of them formed another kernel
+    assert split == pytest.approx(loss_split(model, X, y, 3), rel=1e-9)
+    summ = ntk_summary(model, X, y, k=3, lr=36 / (vals_ref[1] + vals_ref[2]).item(),
+                       keep_kernel=True)
+    assert len(calls) == 2  # loss_split without K (above) and the summary: one kernel each
+    torch.testing.assert_close(summ.eigenvalues, vals_ref[:3], rtol=1e-10, atol=1e-12)
+    assert summ.eta_crit == pytest.approx(critical_lr(model, X), rel=1e-10)
+    assert summ.s == 2  # λ_1 and λ_2 above n·c/lr
+    L, top, rest = loss_split(model, X, y, 2, K=K)
+    assert (summ.L, summ.L_top, summ.L_rest) == pytest.approx((L, top, rest), rel=1e-9)
+    torch.testing.assert_close(summ.K, K, rtol=1e-10, atol=1e-12)
+
+
+def test_matrix_free_eigenpairs_multiply_blocks_of_vectors(monkeypatch):
+    from catapults.curvature import spectrum
+
+    model = MLP(6, 2, width=24, depth=2, dtype=torch.float64, seed=8)
+    X = torch.randn(40, 6, dtype=torch.float64)
+    shapes = []
+    real = spectrum.ntk_matvec
+
+    def spy(m, x):
+        mv = real(m, x)
+        return lambda V: shapes.append(tuple(V.shape)) or mv(V)
+
+    monkeypatch.setattr(spectrum, "ntk_matvec", spy)
+    vals, vecs = top_eigenpairs(model, X, 3, method="lanczos", tol=1e-10)
+    assert shapes and all(len(s) == 2 and s[1] >= 3 for s in shapes)  # blocks, not vectors
+    K = reference_kernel(model, X, "full", how="vmap")
+    torch.testing.assert_close(vals, torch.linalg.eigvalsh(K).flip(0)[:3], rtol=1e-8, atol=1e-10)
+    assert ((K @ vecs - vecs * vals).norm(dim=0) / vals).max() < 1e-7

@@ -1,16 +1,22 @@
 """What the kernel says: its top eigenpairs, the critical learning rate ``η_crit = n·c/λ_max(K)``
-and the top-eigenspace loss split ``L = L_top + L_rest`` (docs/conventions.md)."""
+and the top-eigenspace loss split ``L = L_top + L_rest`` (docs/conventions.md).
+
+One kernel serves every quantity: :func:`top_eigenpairs`, :func:`critical_lr` and
+:func:`loss_split` take a precomputed full kernel ``K=`` (then the model is not differentiated
+again), and :func:`ntk_summary` computes the kernel and the outputs once and returns the
+spectrum, ``η_crit`` and the split together."""
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from catapults.curvature.checks import check_per_sample
 from catapults.curvature.ntk import empirical_ntk, ntk_matvec
 from catapults.errors import KernelError
-from catapults.linalg.eigen import eig_top
+from catapults.linalg.eigen import block_krylov_top, eig_top
 
 
 def top_eigenpairs(
@@ -23,16 +29,23 @@ def top_eigenpairs(
     v0: Tensor | None = None,
     tol: float = 1e-8,
     max_dense: int = 6000,
+    K: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Top-``k`` eigenvalues (``(k,)``, descending) and eigenvectors (``(N, k)``) of the NTK.
 
     Args:
         kind: ``"full"`` (default, ``N = n·c``) or ``"trace"`` (``N = n``).
         method: ``"dense"`` (form K, then eigh / Lanczos on it), ``"lanczos"`` (matrix-free:
-            ``K v = J(Jᵀv)``, never forming K or J; full kernel only), or ``"auto"`` (dense up to
-            ``max_dense`` rows).
+            block Lanczos (:func:`~catapults.linalg.eigen.block_krylov_top`) on
+            ``K V = J(Jᵀ V)`` for blocks of ``k + 3`` vectors at once (batched VJP and JVP),
+            never forming K or J; full kernel only), or ``"auto"`` (dense up to ``max_dense``
+            rows).
         v0: previous eigenvectors ``(N, k')`` to warm-start the iterative solvers.
+        K: a precomputed kernel (of the ``kind`` wanted): its eigenpairs are returned and the
+            model is not used.
     """
+    if K is not None:
+        return eig_top(K, k, v0=v0)
     n = X.shape[0]
     if method == "auto":
         with torch.no_grad():
@@ -48,25 +61,18 @@ def top_eigenpairs(
             if model(X[:1]).reshape(1, -1).shape[1] > 1:
                 raise KernelError("the matrix-free solver works on the full kernel (kind='full')")
     check_per_sample(model, X)
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    mv = ntk_matvec(model, X)
+    mv = ntk_matvec(model, X)  # K V for a whole block V at once (vmap over its columns)
     with torch.no_grad():
         N = model(X).numel()
     dev, dt = X.device, X.dtype
+    if not dt.is_floating_point:
+        dt = next(model.parameters()).dtype
 
-    def apply(v: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(v)).to(device=dev, dtype=dt)
-        return mv(t).to("cpu", torch.float64).numpy()
+    def matmul(V: Tensor) -> Tensor:
+        return mv(V.to(dt)).to(torch.float64)
 
-    op = LinearOperator((N, N), matvec=apply, matmat=apply, dtype=np.float64)
-    start = None
-    if v0 is not None and v0.shape[0] == N:
-        start = v0.detach().to("cpu", torch.float64).reshape(N, -1).sum(1).numpy()
-    vals, vecs = eigsh(op, k=min(k, N - 1), which="LA", v0=start, tol=tol)
-    order = np.argsort(vals)[::-1].copy()
-    return (torch.from_numpy(vals[order].copy()).to(device=dev, dtype=dt),
-            torch.from_numpy(vecs[:, order].copy()).to(device=dev, dtype=dt))
+    vals, vecs = block_krylov_top(matmul, N, min(k, N), v0=v0, tol=tol, device=dev)
+    return vals.to(dt), vecs.to(dt)
 
 
 def lambda_max(model: nn.Module, X: Tensor, *, kind: str = "full") -> float:
@@ -75,10 +81,14 @@ def lambda_max(model: nn.Module, X: Tensor, *, kind: str = "full") -> float:
     return float(vals[0])
 
 
-def critical_lr(model: nn.Module, X: Tensor) -> float:
+def critical_lr(model: nn.Module | None, X: Tensor | None, *, K: Tensor | None = None) -> float:
     """``η_crit = n·c / λ_max(K)`` (full kernel): the critical GD learning rate of the mean-MSE
     loss on ``X``, i.e. ``2 / λ_max`` of its Gauss-Newton Hessian. For a mini-batch ``X_B`` of
-    size ``b`` this is ``η_crit(B) = b·c / λ_max(K_B)``. Exact for models linear in θ."""
+    size ``b`` this is ``η_crit(B) = b·c / λ_max(K_B)``. Exact for models linear in θ. With a
+    precomputed full kernel ``K`` (``(n·c) × (n·c)``) the model and ``X`` are not used."""
+    if K is not None:
+        return K.shape[0] / float(eig_top(K, 1)[0][0])
+    assert model is not None and X is not None
     with torch.no_grad():
         nc = model(X).numel()
     return nc / lambda_max(model, X, kind="full")
@@ -94,11 +104,55 @@ def split_from_eigvecs(residual: Tensor, U: Tensor) -> tuple[float, float, float
     return L, top, L - top
 
 
-def loss_split(model: nn.Module, X: Tensor, y: Tensor, k: int) -> tuple[float, float, float]:
+def loss_split(model: nn.Module, X: Tensor, y: Tensor, k: int, *, K: Tensor | None = None,
+               outputs: Tensor | None = None) -> tuple[float, float, float]:
     """``(L, L_top, L_rest)``: the mean-MSE loss on ``(X, y)`` and its parts inside and outside
     the span of the top-``k`` eigenvectors of the full NTK (docs/conventions.md). ``L_top +
-    L_rest = L`` exactly; ``L_rest >= 0``."""
-    _, U = top_eigenpairs(model, X, k, kind="full", method="dense")
-    with torch.no_grad():
-        r = (model(X) - y.reshape(X.shape[0], -1)).reshape(-1)
+    L_rest = L`` exactly; ``L_rest >= 0``. ``K``: the precomputed full kernel; ``outputs``: the
+    precomputed ``model(X)`` (then the model is not run)."""
+    _, U = top_eigenpairs(model, X, k, kind="full", method="dense", K=K)
+    if outputs is None:
+        with torch.no_grad():
+            outputs = model(X)
+    r = (outputs.reshape(X.shape[0], -1) - y.reshape(X.shape[0], -1)).reshape(-1)
     return split_from_eigvecs(r, U)
+
+
+@dataclass(frozen=True)
+class NTKSummary:
+    """What one full kernel says (all from the same ``K``, computed once): ``eigenvalues``
+    ``(k,)`` descending and ``eigenvectors`` ``(n·c, k)``; ``eta_crit = n·c/λ_1``; with targets,
+    the split ``L = L_top + L_rest`` over the top ``s`` eigenvectors (else NaN); ``K`` itself
+    when asked for (``keep_kernel=True``), else None."""
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    eta_crit: float
+    s: int
+    L: float
+    L_top: float
+    L_rest: float
+    K: Tensor | None = None
+
+
+def ntk_summary(model: nn.Module, X: Tensor, y: Tensor | None = None, k: int = 5, *,
+                s: int | None = None, lr: float | None = None, v0: Tensor | None = None,
+                keep_kernel: bool = False, **kernel_options) -> NTKSummary:
+    """The spectrum, ``η_crit`` and the loss split from ONE full kernel and one forward pass.
+
+    ``s`` (eigenvectors in the split): given, or the number of ``λ_i > n·c/lr`` when ``lr`` is
+    given (at least 1), else 1; at most ``k``. ``kernel_options`` go to
+    :func:`~catapults.curvature.ntk.empirical_ntk` (``method``, ``memory_budget``, ...)."""
+    K, out = empirical_ntk(model, X, kind="full", return_outputs=True, **kernel_options)
+    vals, vecs = eig_top(K, k, v0=v0)
+    nc = K.shape[0]
+    if s is None:
+        s = max(1, int((vals > nc / lr).sum())) if lr else 1
+    s = min(s, vals.numel())
+    L = L_top = L_rest = float("nan")
+    if y is not None:
+        r = (out.reshape(X.shape[0], -1) - y.reshape(X.shape[0], -1).to(out)).reshape(-1)
+        L, L_top, L_rest = split_from_eigvecs(r, vecs[:, :s])
+    lam = float(vals[0])
+    return NTKSummary(vals, vecs, nc / lam if lam > 0 else float("inf"), s, L, L_top, L_rest,
+                      K if keep_kernel else None)

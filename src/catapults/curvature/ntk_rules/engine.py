@@ -1,0 +1,234 @@
+"""The rules path of the NTK engine: one forward pass with hooks on the ruled modules (each
+call's inputs and outputs recorded), one backward pass per model output (the cotangents at every
+recorded output), the rules' factors, their Gram products, and the generic per-sample path for
+the parameters no rule covers (free parameters such as positional embeddings and class tokens,
+modules without a rule, weights tied between modules), summed exactly; then mirrored once, so
+the kernel is exactly symmetric.
+
+Planning (:func:`plan`): every trainable parameter goes to the outermost module whose rule
+covers it; a parameter that two modules claim (tied weights) goes to the generic path. After the
+forward pass the autograd graph is checked as well: a covered parameter must be used only inside
+the calls of its module (counted as edges to its gradient accumulator, from the module's outputs
+back to its inputs); one also used elsewhere (``F.linear(h, self.emb.weight)``, a layer whose
+``forward`` is bypassed) goes to the generic path.
+
+Memory: the forward and backward passes run on chunks of samples sized from ``memory_budget``
+(activations times ``c + 2``); the rules' factors are kept for all samples.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map
+
+from catapults.curvature.ntk_rules.assemble import assemble, merge_calls, merge_chunks
+from catapults.curvature.ntk_rules.attention import float_outputs
+from catapults.curvature.ntk_rules.generic import _activation_numel, auto_chunk, generic_ntk
+from catapults.curvature.ntk_rules.registry import Call, Factor, NTKRule, rule_for
+from catapults.errors import KernelError
+from catapults.linalg.gram import mirror_upper_
+
+
+@dataclass
+class Ruled:
+    """A module treated by a rule: its name, the rule, and the local names of the parameters
+    the rule computes (``want``) with their ids."""
+
+    name: str
+    module: nn.Module
+    rule: NTKRule
+    want: dict[str, int] = field(default_factory=dict)  # local name -> id(param)
+
+
+@dataclass
+class Plan:
+    ruled: list[Ruled]
+    remainder: list[str]  # names (model.named_parameters) for the generic path
+    names: dict[int, str]  # id(param) -> name
+
+    def covered_fraction(self, model: nn.Module, *, cheap_only: bool = False) -> float:
+        """Share of the trainable parameters covered by rules (``cheap_only``: by rules that
+        do not form per-sample gradients the generic path's way)."""
+        p = {id(v): v.numel() for v in model.parameters() if v.requires_grad}
+        covered = sum(p[i] for r in self.ruled for i in r.want.values()
+                      if not (cheap_only and r.rule.per_sample))
+        return covered / max(1, sum(p.values()))
+
+
+def plan(model: nn.Module) -> Plan:
+    """Assign each trainable parameter to a rule or to the generic path (see module doc)."""
+    names = {}
+    for k, v in model.named_parameters():
+        names.setdefault(id(v), k)
+    trainable = {id(v) for v in model.parameters() if v.requires_grad}
+    claims: Counter[int] = Counter()
+    ruled: list[Ruled] = []
+    inside: list[str] = []  # modules whose rule covers their children too
+    for mname, mod in model.named_modules():
+        if any(mname.startswith(p + ".") for p in inside):
+            continue
+        rule = rule_for(mod)
+        if rule is None:
+            continue
+        rule.check(mod, mname or type(mod).__name__)
+        own = {k: id(v) for k, v in rule.params(mod).items() if id(v) in trainable}
+        if any("." in k for k in rule.params(mod)):
+            inside.append(mname)
+        claims.update(own.values())
+        if own:
+            ruled.append(Ruled(mname, mod, rule, own))
+    tied = {i for i, k in claims.items() if k > 1}
+    for r in ruled:
+        r.want = {k: i for k, i in r.want.items() if i not in tied}
+    ruled = [r for r in ruled if r.want]
+    covered = {i for r in ruled for i in r.want.values()}
+    remainder = [names[i] for i in names if i in trainable and i not in covered]
+    return Plan(ruled, remainder, names)
+
+
+def _uses(roots, stop: set) -> Counter[int]:
+    """Edges into each parameter's gradient accumulator reachable from ``roots``, not going
+    past the nodes in ``stop``."""
+    counts: Counter[int] = Counter()
+    seen: set = set()
+    stack = [r for r in roots if r is not None]
+    while stack:
+        node = stack.pop()
+        if node in seen or node in stop:
+            continue
+        seen.add(node)
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            var = getattr(nxt, "variable", None)
+            if var is not None:
+                counts[id(var)] += 1
+            else:
+                stack.append(nxt)
+    return counts
+
+
+def _detach(x):
+    return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, x)
+
+
+def _record(model: nn.Module, X: Tensor, ruled: list[Ruled]):
+    """Forward pass with hooks: ``(f (b, c), {name: [Call]}, {name: [stop nodes per call]})``."""
+    calls: dict[str, list[Call]] = {r.name: [] for r in ruled}
+    stops: dict[str, list[set]] = {r.name: [] for r in ruled}
+
+    def make_hook(name):
+        def hook(mod, args, kwargs, out):
+            ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
+            stops[name].append({t.grad_fn for t in ins if t.grad_fn is not None})
+            calls[name].append(Call(_detach(args), _detach(kwargs), float_outputs(out)))
+        return hook
+
+    handles = [r.module.register_forward_hook(make_hook(r.name), with_kwargs=True)
+               for r in ruled]
+    try:
+        with torch.enable_grad():
+            f = model(X)
+    finally:
+        for h in handles:
+            h.remove()
+    return f.reshape(X.shape[0], -1), calls, stops
+
+
+def _untied(f: Tensor, ruled: list[Ruled], calls, stops) -> list[Ruled]:
+    """Drop from each module's ``want`` the parameters also used outside its calls."""
+    total = _uses([f.grad_fn], set())
+    inside: dict[str, Counter[int]] = {}
+    for r in ruled:
+        cnt: Counter[int] = Counter()
+        for call, stop in zip(calls[r.name], stops[r.name]):
+            cnt.update(_uses([o.grad_fn for o in call.outputs], stop))
+        inside[r.name] = cnt
+    for r in ruled:
+        r.want = {k: i for k, i in r.want.items() if total[i] == inside[r.name][i]}
+    return [r for r in ruled if r.want]
+
+
+def _cotangents(f: Tensor, calls: dict[str, list[Call]]) -> None:
+    """Fill each call's cotangents ``(c, *out.shape)`` from one backward pass per output."""
+    targets = [(call, k) for cs in calls.values() for call in cs
+               for k in range(len(call.outputs))]
+    live = [(call, k) for call, k in targets if call.outputs[k].requires_grad]
+    c = f.shape[1]
+    got: list[list[Tensor]] = [[] for _ in live]
+    for j in range(c):
+        gs = torch.autograd.grad(f[:, j].sum(), [call.outputs[k] for call, k in live],
+                                 retain_graph=j < c - 1, allow_unused=True)
+        for slot, g, (call, k) in zip(got, gs, live):
+            slot.append(torch.zeros_like(call.outputs[k]) if g is None else g.detach())
+    for cs in calls.values():
+        for call in cs:
+            call.cotangents = [torch.zeros(c, *o.shape, dtype=o.dtype, device=o.device)
+                               for o in call.outputs]
+            call.outputs = [o.detach() for o in call.outputs]
+    for slot, (call, k) in zip(got, live):
+        call.cotangents[k] = torch.stack(slot)
+
+
+def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 2e9,
+              chunk_size: int | None = None, the_plan: Plan | None = None
+              ) -> tuple[Tensor, Tensor]:
+    """``(K, f(X))`` by the rules path (see module doc), the generic path for the rest."""
+    pl = the_plan or plan(model)
+    n = X.shape[0]
+    with torch.no_grad():
+        f1 = model(X[:1]).reshape(1, -1)
+    c, dtype = f1.shape[1], f1.dtype
+    per = f1.element_size() * 2 * (c + 2) * _activation_numel(model, X[:1])
+    step = chunk_size or auto_chunk(n, per, memory_budget / 2)
+    ruled = pl.ruled
+    per_chunk: list[list[Factor]] = []
+    outs = []
+    first = True
+    for a in range(0, n, step):
+        f, calls, stops = _record(model, X[a:a + step], ruled)
+        if first:
+            before = [(r, dict(r.want)) for r in ruled]
+            ruled = _untied(f, ruled, calls, stops)
+            dropped = [pl.names[i] for r, w in before for k, i in w.items() if k not in r.want]
+            pl = Plan(ruled, pl.remainder + dropped, pl.names)
+            first = False
+        _cotangents(f, calls)
+        outs.append(f.detach())
+        fs: list[Factor] = []
+        for r in ruled:
+            cs = calls[r.name]
+            for call in cs:
+                call.shared = len(cs) > 1
+            fs.extend(merge_calls([r.rule.factors(r.module, call, set(r.want), n, c)
+                                   for call in cs], r.name))
+        per_chunk.append(fs)
+        del calls, stops, f
+    factors = merge_chunks(per_chunk) if per_chunk else []
+    K = assemble(factors, n, c, kind, dtype, X.device, memory_budget)
+    if pl.remainder:
+        K.add_(remainder_ntk(model, X, kind, pl, chunk_size, memory_budget))
+    return mirror_upper_(K), torch.cat(outs)
+
+
+def remainder_ntk(model: nn.Module, X: Tensor, kind: str, pl: Plan, chunk_size: int | None,
+                  memory_budget: float) -> Tensor:
+    """The generic path on the parameters no rule covers (the others held fixed); a failure
+    there is a KernelError naming their modules."""
+    try:
+        return generic_ntk(model, X, kind, chunk_size, memory_budget, names=pl.remainder)
+    except KernelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of vmap(jacrev) on a foreign module
+        owners = sorted({k.rsplit(".", 1)[0] if "." in k else "(top level)"
+                         for k in pl.remainder})
+        types = {name: type(m).__name__ for name, m in model.named_modules()}
+        desc = ", ".join(f"{o!r} ({types.get(o, type(model).__name__)})" for o in owners)
+        raise KernelError(
+            f"no NTK rule covers the parameters of module(s) {desc}, and the generic "
+            f"vmap(jacrev) path failed on them ({type(e).__name__}: {e}); register a rule "
+            "with catapults.ntk.register_ntk_rule") from e
