@@ -1,0 +1,137 @@
+"""The critical learning rate of the optimizer actually used: the rate at which the linearised
+training dynamics on the current kernel lose stability (docs/conventions.md, "Stability edges
+of other optimizers"; issue 14).
+
+Notation: ``K = J Jᵀ`` the full empirical NTK on ``X`` (``n·c`` rows), ``H = (2/(n·c)) JᵀJ`` the
+Gauss-Newton Hessian of the mean-MSE loss, so ``λ_max(H) = 2 λ_max(K) / (n·c)``. For an
+eigen-direction of ``H`` with eigenvalue ``λ`` each optimizer's linearised update is a small
+linear recurrence; it is stable while:
+
+========================  ====================================================================
+optimizer                 edge (the returned ``η_crit``)
+========================  ====================================================================
+GD / SGD                  ``η λ < 2``:            ``η_crit = 2 / λ_max(H) = n·c / λ_max(K)``
+heavy-ball momentum β     ``η λ < 2 + 2β``:       ``η_crit = (1 + β) · n·c / λ_max(K)``
+  (PyTorch's ``v ← βv + g``, ``θ ← θ − ηv``; with dampening ``d`` the gradient enters as
+  ``(1 − d) g``, so ``η_crit`` is divided by ``1 − d``)
+Nesterov (PyTorch's)      ``η λ (1 + 2β) < 2 + 2β``: ``η_crit = (1 + β)/(1 + 2β) · n·c/λ_max(K)``
+Adam / AdamW, frozen P    ``η λ_max(P⁻¹H)(1 − β₁) < 2 + 2β₁`` with ``P = diag(√v̂ + ε)``:
+                          ``η_crit = (1 + β₁)/(1 − β₁) · n·c / λ_max(J P⁻¹ Jᵀ)``
+========================  ====================================================================
+
+(Cohen et al. 2021 for momentum, Cohen et al. 2022 for Adam: ``38/η`` at ``β₁ = 0.9``; the
+Nesterov edge by the same linear-stability computation.) SGD-style coupled weight decay ``w``
+adds ``w`` to every eigenvalue of ``H``; Adam's moments are read from the optimizer's state
+(``v̂ = v / (1 − β₂^t)``); Adam's weight decay (coupled or AdamW's decoupled) is not part of
+the edge (``ignored_weight_decay`` in :func:`optimizer_edge`). Adam's edge treats
+the preconditioner as frozen and ignores the bias correction of the first moment (its value
+after many steps); before Adam's first step ``v = 0`` and ``P = ε``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from catapults.curvature.checks import kernel_module, on_model_device, trainable_params
+from catapults.curvature.ntk import empirical_ntk
+from catapults.curvature.ntk_rules.generic import per_sample_jacobian
+from catapults.errors import KernelError
+from catapults.linalg.gram import gram
+
+__all__ = ["critical_lr", "optimizer_edge", "preconditioned_kernel"]
+
+
+def optimizer_edge(optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """What the edge depends on, read from a ``torch.optim`` optimizer (its first parameter
+    group): ``{"kind": "gd" | "momentum" | "nesterov" | "adam", "factor": f, ...}`` where
+    ``η_crit = f · n·c / λ_max(kernel)`` and the kernel is ``K`` (or ``J P⁻¹ Jᵀ`` for Adam),
+    plus ``weight_decay`` (coupled, added to λ_max(H)) and the hyperparameters used."""
+    if optimizer is None:
+        return {"kind": "gd", "factor": 1.0, "weight_decay": 0.0}
+    group = optimizer.param_groups[0]
+    wd = float(group.get("weight_decay", 0.0) or 0.0)
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        b1, b2 = (float(b) for b in group["betas"])
+        return {"kind": "adam", "factor": (1 + b1) / (1 - b1), "beta1": b1, "beta2": b2,
+                "eps": float(group["eps"]), "weight_decay": 0.0, "ignored_weight_decay": wd}
+    if isinstance(optimizer, torch.optim.SGD):
+        beta = float(group.get("momentum", 0.0) or 0.0)
+        damp = float(group.get("dampening", 0.0) or 0.0)
+        if beta == 0:
+            return {"kind": "gd", "factor": 1.0, "weight_decay": wd}
+        scale = 1.0 / (1.0 - damp) if damp < 1 else math.inf
+        if group.get("nesterov", False):
+            return {"kind": "nesterov", "factor": scale * (1 + beta) / (1 + 2 * beta),
+                    "momentum": beta, "dampening": damp, "weight_decay": wd}
+        return {"kind": "momentum", "factor": scale * (1 + beta), "momentum": beta,
+                "dampening": damp, "weight_decay": wd}
+    raise KernelError(f"critical_lr: no stability edge for {type(optimizer).__name__} (known: "
+                      "SGD with or without momentum / Nesterov, Adam, AdamW)")
+
+
+def _adam_scales(model: nn.Module, optimizer: torch.optim.Optimizer,
+                 edge: dict[str, Any]) -> dict[str, Tensor]:
+    """``P⁻¹`` per trainable parameter name (``1 / (√v̂ + ε)``), from the optimizer's state."""
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    scales: dict[str, Tensor] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = by_id.get(id(p))
+            if name is None or not p.requires_grad:
+                continue
+            state = optimizer.state.get(p, {})
+            v = state.get("exp_avg_sq")
+            step = float(state.get("step", 0))
+            if v is None or step == 0:
+                v_hat = torch.zeros_like(p)
+            else:
+                v_hat = v / (1 - edge["beta2"] ** step)
+            scales[name] = 1.0 / (v_hat.sqrt() + edge["eps"])
+    return scales
+
+
+def preconditioned_kernel(model: nn.Module, X: Tensor,
+                          optimizer: torch.optim.Optimizer) -> Tensor:
+    """``J P⁻¹ Jᵀ`` (full, ``(n·c) × (n·c)``) with Adam's diagonal preconditioner
+    ``P = diag(√v̂ + ε)`` read from ``optimizer``'s state: the kernel whose top eigenvalue sets
+    Adam's edge. Computed from per-sample Jacobians (exact; the generic path's cost)."""
+    edge = optimizer_edge(optimizer)
+    if edge["kind"] != "adam":
+        raise KernelError("preconditioned_kernel: the optimizer is not Adam / AdamW")
+    X = on_model_device(model, X)
+    scales = _adam_scales(model, optimizer, edge)
+    names = list(trainable_params(model))
+    missing = [n for n in names if n not in scales]
+    if missing:
+        raise KernelError(f"preconditioned_kernel: parameters {missing[:3]} are not in the "
+                          "optimizer")
+    J = per_sample_jacobian(model, X)  # columns in trainable_params order
+    col = torch.cat([scales[n].reshape(-1).sqrt().to(J.dtype) for n in names])
+    return gram(J * col)
+
+
+def critical_lr(model: nn.Module, X: Tensor,
+                optimizer: torch.optim.Optimizer | None = None, *,
+                K: Tensor | None = None) -> float:
+    """The learning rate at which ``optimizer``'s linearised dynamics on the kernel at ``X``
+    lose stability (the table of the module docstring); ``None`` or plain SGD gives the GD
+    value ``n·c / λ_max(K)`` of :func:`catapults.ntk.critical_lr`. ``K``: a precomputed full
+    kernel (not for Adam, whose kernel is preconditioned). ``inf`` when the kernel is zero."""
+    edge = optimizer_edge(optimizer)
+    if edge["kind"] == "adam":
+        if isinstance(model, nn.Module) and kernel_module(model) is not model:
+            raise KernelError("critical_lr: Adam's preconditioned kernel of a linearised model "
+                              "is not supported")
+        Kp = preconditioned_kernel(model, X, optimizer)
+    else:
+        Kp = K if K is not None else empirical_ntk(model, X, kind="full")
+    nc = Kp.shape[0]
+    lam = float(torch.linalg.eigvalsh(Kp.double())[-1])
+    lam_h = 2 * lam / nc + edge["weight_decay"]  # λ_max of the Gauss-Newton Hessian (+ decay)
+    if lam_h <= 0:
+        return math.inf
+    return edge["factor"] * 2 / lam_h

@@ -1,0 +1,11 @@
+"""The public stability API: the critical learning rate of the optimizer actually used
+(GD, heavy-ball momentum, Nesterov, Adam with its preconditioner), in one place.
+
+``catapults.stability.critical_lr(model, X, optimizer)`` reads the optimizer's hyperparameters
+and state; with ``optimizer=None`` (or plain SGD) it equals :func:`catapults.ntk.critical_lr`.
+The formulas are in :mod:`catapults.curvature.stability` and docs/conventions.md.
+"""
+
+from catapults.curvature.stability import critical_lr, optimizer_edge, preconditioned_kernel
+
+__all__ = ["critical_lr", "optimizer_edge", "preconditioned_kernel"]
