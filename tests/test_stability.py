@@ -126,3 +126,71 @@ def test_unknown_optimizer_and_missing_parameters_are_refused():
     opt = torch.optim.Adam(other.parameters())
     with pytest.raises(KernelError, match="not in the optimizer"):
         stability.preconditioned_kernel(model, X, opt)
+
+
+# ---- the true Hessian, preconditioned sharpness, batch sharpness ------------------------------
+from itertools import combinations  # noqa: E402
+
+from references import dense_mse_hessian  # noqa: E402
+
+from catapults.models import MLP  # noqa: E402
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_hessian_top_eigenpairs_against_the_dense_hessian(activation):
+    torch.manual_seed(5)
+    model = MLP(4, 2, width=12, depth=2, activation=activation, bias=True, seed=5,
+                dtype=torch.float64)
+    X = torch.randn(20, 4, dtype=torch.float64)
+    y = 3 * torch.randn(20, 2, dtype=torch.float64)  # large residuals: H differs from H_GN
+    H = dense_mse_hessian(model, X, y)
+    ref_vals, ref_vecs = torch.linalg.eigh(H)
+    vals, vecs = stability.hessian_top_eigenpairs(model, X, y, 3)
+    assert torch.allclose(vals, ref_vals.flip(0)[:3], rtol=1e-7, atol=1e-9)
+    for i in range(3):
+        assert abs(float(vecs[:, i] @ ref_vecs[:, -1 - i])) == pytest.approx(1.0, abs=1e-5)
+    gn = 2 * float(torch.linalg.eigvalsh(ntk.empirical_ntk(model, X))[-1]) / y.numel()
+    assert abs(float(vals[0]) - gn) > 1e-6  # the residual term of a nonlinear net is there
+
+
+def test_hessian_equals_gauss_newton_for_a_linear_model():
+    model, X, y = _problem(4)
+    vals, _ = stability.hessian_top_eigenpairs(model, X, y, 1)
+    gn = 2 * float(torch.linalg.eigvalsh(ntk.empirical_ntk(model, X))[-1]) / y.numel()
+    assert float(vals[0]) == pytest.approx(gn, rel=1e-8)
+
+
+def test_preconditioned_sharpness_against_the_dense_hessian():
+    torch.manual_seed(6)
+    model = MLP(4, 1, width=10, depth=2, activation="tanh", seed=6, dtype=torch.float64)
+    X = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randn(16, 1, dtype=torch.float64)
+    opt = _adam_state(model, X, y, steps=20)
+    d = torch.cat([(1 / ((opt.state[p]["exp_avg_sq"] / (1 - 0.99 ** float(
+        opt.state[p]["step"]))).sqrt() + 1e-3)).reshape(-1) for p in model.parameters()]).sqrt()
+    H = dense_mse_hessian(model, X, y)
+    expected = float(torch.linalg.eigvalsh(d[:, None] * H * d[None, :])[-1])
+    assert stability.preconditioned_sharpness(model, X, y, opt) == pytest.approx(expected,
+                                                                                 rel=1e-6)
+
+
+def test_batch_sharpness_against_exact_enumeration():
+    """All 28 batches of 2 from 8 points, against the Monte-Carlo estimate and its interval."""
+    torch.manual_seed(7)
+    model = MLP(3, 1, width=16, depth=2, activation="tanh", seed=7, dtype=torch.float64)
+    X = torch.randn(8, 3, dtype=torch.float64)
+    y = torch.randn(8, 1, dtype=torch.float64)
+    exact = []
+    for idx in combinations(range(8), 2):
+        Xb, yb = X[list(idx)], y[list(idx)]
+        H = dense_mse_hessian(model, Xb, yb)
+        loss = torch.nn.functional.mse_loss(model(Xb), yb)
+        g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, model.parameters())])
+        exact.append(float(g @ H @ g / (g @ g)))
+    truth = sum(exact) / len(exact)
+    est = stability.batch_sharpness(model, X, y, 2, rel_se=0.01, max_batches=4000,
+                                    generator=torch.Generator().manual_seed(0))
+    assert abs(est.mean - truth) <= 4 * est.se
+    assert est.interval[0] < est.mean < est.interval[1] and est.batches >= 20
+    with pytest.raises(KernelError):
+        stability.batch_sharpness(model, X, y, 9)

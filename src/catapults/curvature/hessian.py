@@ -1,0 +1,181 @@
+"""The true loss Hessian beside its Gauss-Newton part, matrix-free: top eigenpairs from
+Hessian-vector products, Adam's preconditioned sharpness, and SGD's batch sharpness.
+
+Conventions (docs/conventions.md): the loss is the mean MSE ``L(θ) = (1/(n·c)) Σ (f − y)²``;
+``H = ∇²L = H_GN + (2/(n·c)) Σ_{i,j} r_ij ∇²f_j(x_i)`` (``r = f − y``), so ``H = H_GN`` for a
+model linear in θ and differs for a nonlinear net by the residual-weighted second derivatives.
+
+- :func:`hessian_top_eigenpairs`: the top-``k`` (largest, algebraic) eigenpairs of ``H`` by
+  restarted block Lanczos (:func:`catapults.linalg.eigen.block_krylov_top`) on
+  ``V ↦ H V + σ V``, ``V`` a block of vectors, each product one forward-over-reverse pass per
+  column (``jvp`` of ``grad``, batched with ``vmap``). ``σ`` (default: an estimate of
+  ``|λ_min|`` from a short run on ``−H``) makes the shifted operator positive semi-definite, as
+  the solver assumes; ``v0`` warm-starts from previous eigenvectors.
+- :func:`preconditioned_sharpness`: ``λ_max(P^{-1/2} H P^{-1/2})`` with Adam's ``P = diag(√v̂ +
+  ε)``; Adam is stable while it is below ``(2 + 2β₁)/((1 − β₁) η)`` (38/η at β₁ = 0.9).
+- :func:`batch_sharpness`: ``E_B[g_Bᵀ H_B g_B / ‖g_B‖²]`` over random batches of size ``b``
+  (``g_B``, ``H_B`` the gradient and Hessian of the batch loss), by Monte Carlo with a stopping
+  rule on the standard error and a normal 95% interval; SGD sits near ``2/η`` at its edge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vmap
+
+from catapults.curvature.checks import on_model_device, trainable_params
+from catapults.curvature.stability import _adam_scales, optimizer_edge
+from catapults.errors import KernelError
+from catapults.linalg.eigen import block_krylov_top
+
+__all__ = ["BatchSharpness", "batch_sharpness", "hessian_top_eigenpairs", "hvp_operator",
+           "preconditioned_sharpness"]
+
+
+def _flat_loss(model: nn.Module, X: Tensor, y: Tensor) -> tuple[Callable[[Tensor], Tensor],
+                                                                 Tensor]:
+    """``(loss(θ_flat), θ_flat)`` for the mean MSE of ``model`` on ``(X, y)`` over its trainable
+    parameters (flattened in ``trainable_params`` order)."""
+    params = trainable_params(model)
+    names = list(params)
+    shapes = [params[n].shape for n in names]
+    sizes = [params[n].numel() for n in names]
+    buffers = dict(model.named_buffers())
+    theta = torch.cat([params[n].detach().reshape(-1) for n in names])
+
+    def loss(vec: Tensor) -> Tensor:
+        chunks = torch.split(vec, sizes)
+        p = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
+        out = functional_call(model, (p, buffers), (X,))
+        return (out.reshape(y.shape) - y).pow(2).mean()
+
+    return loss, theta
+
+
+def hvp_operator(model: nn.Module, X: Tensor, y: Tensor) -> tuple[Callable[[Tensor], Tensor],
+                                                                  int]:
+    """``(V ↦ H V, p)``: the Hessian of the mean-MSE loss times a block ``V`` of shape ``(p, b)``
+    (or a vector ``(p,)``), never forming ``H``."""
+    X = on_model_device(model, X)
+    y = y.to(X.device).reshape(X.shape[0], -1)
+    loss, theta = _flat_loss(model, X, y)
+    g = grad(loss)
+
+    def hv(v: Tensor) -> Tensor:
+        return jvp(g, (theta,), (v,))[1]
+
+    def mv(V: Tensor) -> Tensor:
+        V = V.to(theta.dtype)
+        if V.dim() == 1:
+            return hv(V).detach()
+        return vmap(hv, in_dims=1, out_dims=1)(V).detach()
+
+    return mv, theta.numel()
+
+
+def hessian_top_eigenpairs(model: nn.Module, X: Tensor, y: Tensor, k: int = 1, *,
+                           loss: str = "mse", v0: Tensor | None = None,
+                           shift: float | None = None, tol: float = 1e-8
+                           ) -> tuple[Tensor, Tensor]:
+    """The top-``k`` eigenvalues (descending, ``(k,)``) and orthonormal eigenvectors
+    (``(p, k)``, ``p`` the trainable parameters in ``named_parameters`` order) of the Hessian of
+    the mean-MSE loss on ``(X, y)``, matrix-free (module docstring). Float64 solver arithmetic.
+    """
+    if loss != "mse":
+        raise KernelError(f"hessian_top_eigenpairs: loss {loss!r} (only 'mse')")
+    mv, p = hvp_operator(model, X, y)
+    dev = X.device
+    if shift is None:  # |λ_min| estimate: the top of -H, roughly (a few products)
+        neg, _ = block_krylov_top(lambda V: -mv(V).double(), p, 1, tol=1e-2, max_blocks=6,
+                                  max_restarts=2, device=dev)
+        shift = max(float(neg[0]), 0.0) * 1.1 + 1e-12
+    shift = float(shift)
+    vals, vecs = block_krylov_top(lambda V: mv(V).double() + shift * V, p, k, v0=v0, tol=tol,
+                                  device=dev)
+    return vals - shift, vecs
+
+
+def preconditioned_sharpness(model: nn.Module, X: Tensor, y: Tensor,
+                             optimizer: torch.optim.Optimizer, *, tol: float = 1e-8) -> float:
+    """``λ_max(P^{-1/2} H P^{-1/2})`` (= the top eigenvalue of ``P⁻¹H``) for Adam / AdamW's
+    ``P = diag(√v̂ + ε)`` read from ``optimizer``'s state."""
+    edge = optimizer_edge(optimizer)
+    if edge["kind"] != "adam":
+        raise KernelError("preconditioned_sharpness: the optimizer is not Adam / AdamW")
+    scales = _adam_scales(model, optimizer, edge)
+    names = list(trainable_params(model))
+    d = torch.cat([scales[n].reshape(-1) for n in names]).double().sqrt()  # P^{-1/2}
+    mv, p = hvp_operator(model, X, y)
+    d = d.to(X.device)
+
+    def pre(V: Tensor) -> Tensor:
+        return d[:, None] * mv(d[:, None] * V).double()
+
+    neg, _ = block_krylov_top(lambda V: -pre(V), p, 1, tol=1e-2, max_blocks=6, max_restarts=2,
+                              device=X.device)
+    shift = max(float(neg[0]), 0.0) * 1.1 + 1e-12
+    vals, _ = block_krylov_top(lambda V: pre(V) + shift * V, p, 1, tol=tol, device=X.device)
+    return float(vals[0]) - shift
+
+
+@dataclass
+class BatchSharpness:
+    """A Monte-Carlo estimate of batch sharpness: ``mean`` with its standard error ``se``, the
+    normal 95% ``interval``, the number of batches drawn and whether the stopping rule
+    (``se <= rel_se · |mean|``) was met."""
+
+    mean: float
+    se: float
+    interval: tuple[float, float]
+    batches: int
+    converged: bool
+
+
+def _one_batch(model: nn.Module, X: Tensor, y: Tensor) -> float:
+    loss, theta = _flat_loss(model, X, y)
+    g_fn = grad(loss)
+    g = g_fn(theta)
+    gg = float(g @ g)
+    if gg == 0:
+        return math.nan
+    hg = jvp(g_fn, (theta,), (g,))[1]
+    return float(g @ hg) / gg
+
+
+def batch_sharpness(model: nn.Module, X: Tensor, y: Tensor, batch_size: int, *,
+                    rel_se: float = 0.02, min_batches: int = 20, max_batches: int = 2000,
+                    generator: torch.Generator | None = None) -> BatchSharpness:
+    """``E_B[g_Bᵀ H_B g_B / ‖g_B‖²]`` over batches of ``batch_size`` samples drawn without
+    replacement from ``(X, y)``, each batch independently (module docstring). Draws batches
+    until the standard error is at most ``rel_se`` of the mean (after ``min_batches``) or
+    ``max_batches`` is reached; batches whose gradient vanishes are skipped."""
+    n = X.shape[0]
+    if not 1 <= batch_size <= n:
+        raise KernelError(f"batch_sharpness: batch_size must be in 1..{n}, got {batch_size}")
+    X = on_model_device(model, X)
+    y = y.to(X.device).reshape(n, -1)
+    gen = generator or torch.Generator().manual_seed(0)
+    vals: list[float] = []
+    draws = 0
+    while draws < max_batches:
+        idx = torch.randperm(n, generator=gen)[:batch_size].to(X.device)
+        draws += 1
+        v = _one_batch(model, X[idx], y[idx])
+        if math.isfinite(v):
+            vals.append(v)
+        if len(vals) >= min_batches:
+            m = math.fsum(vals) / len(vals)
+            sd = math.sqrt(math.fsum((x - m) ** 2 for x in vals) / (len(vals) - 1))
+            se = sd / math.sqrt(len(vals))
+            if se <= rel_se * abs(m):
+                return BatchSharpness(m, se, (m - 1.96 * se, m + 1.96 * se), len(vals), True)
+    if len(vals) < 2:
+        raise KernelError("batch_sharpness: fewer than 2 batches with a non-zero gradient")
+    m = math.fsum(vals) / len(vals)
+    se = math.sqrt(math.fsum((x - m) ** 2 for x in vals) / (len(vals) - 1)) / math.sqrt(len(vals))
+    return BatchSharpness(m, se, (m - 1.96 * se, m + 1.96 * se), len(vals), False)
