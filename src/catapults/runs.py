@@ -30,7 +30,7 @@ from catapults.data import Dataset, make_dataset
 from catapults.errors import CheckpointError, ConfigError, RunDirError
 from catapults.loggers import JSONLinesLogger, Logger, TensorBoardLogger
 from catapults.models import build_model, check_outputs
-from catapults.monitors import AGOPMonitor, EventsMonitor, NTKMonitor
+from catapults.monitors import AGOPMonitor, EventsMonitor, NTKMonitor, SharpnessMonitor
 from catapults.plotting import plot_training
 from catapults.storage.atomic import (
     read_json_object,
@@ -104,6 +104,11 @@ def build_monitors(config: RunConfig, data: Dataset) -> list[Callback]:
         X = data.X_train if cfg.n_samples is None else data.X_train[:cfg.n_samples]
         monitors.append(AGOPMonitor(X, reference_agop_for(config, data), every=cfg.every,
                                     centered=cfg.centered, sqrt=cfg.sqrt))
+    if m.sharpness.enabled:
+        size = min(m.sharpness.probe_size or 256, data.X_train.shape[0])
+        monitors.append(SharpnessMonitor(data.X_train[:size], data.y_train[:size],
+                                         every=m.sharpness.every,
+                                         batch_size=m.sharpness.batch_size))
     if m.events.enabled:
         monitors.append(EventsMonitor(ratio=m.events.height, window=m.events.window,
                                       return_ratio=m.events.return_ratio,

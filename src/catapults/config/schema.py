@@ -281,10 +281,26 @@ class EventsMonitorConfig(_Section):
         return self
 
 
+class SharpnessMonitorConfig(_Section):
+    """The loss Hessian's sharpness against the optimizer's edge (catapults.stability)."""
+
+    enabled: bool = Field(
+        False, description="Track sharpness/hessian (lambda_max of the loss Hessian), "
+        "sharpness/gauss_newton, for Adam sharpness/preconditioned, and sharpness/threshold "
+        "(the optimizer's edge at the current lr).")
+    every: int = Field(10, ge=1, le=10**9, description="Measure every this many steps.")
+    probe_size: int | None = Field(
+        None, ge=1, le=2**31, description="Probe samples (None: min(n_train, 256)).")
+    batch_size: int | None = Field(
+        None, ge=1, le=2**31, description="Also the batch sharpness E_B[g^T H_B g / |g|^2] over "
+        "random batches of this size from the probe (None: not measured).")
+
+
 class MonitorConfig(_Section):
     ntk: NTKMonitorConfig = Field(default_factory=NTKMonitorConfig)
     agop: AGOPMonitorConfig = Field(default_factory=AGOPMonitorConfig)
     events: EventsMonitorConfig = Field(default_factory=EventsMonitorConfig)
+    sharpness: SharpnessMonitorConfig = Field(default_factory=SharpnessMonitorConfig)
 
 
 # --------------------------------------------------------------------------------------------

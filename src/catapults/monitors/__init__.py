@@ -11,5 +11,6 @@ composition root (:func:`catapults.runs.build_monitors`) builds them from a conf
 from catapults.monitors.agop import AGOPMonitor
 from catapults.monitors.events import EventsMonitor
 from catapults.monitors.ntk import NTKMonitor
+from catapults.monitors.sharpness import SharpnessMonitor
 
-__all__ = ["AGOPMonitor", "EventsMonitor", "NTKMonitor"]
+__all__ = ["AGOPMonitor", "EventsMonitor", "NTKMonitor", "SharpnessMonitor"]

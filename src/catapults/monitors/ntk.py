@@ -19,6 +19,7 @@ def critical_rate(nc: int, lam_max: float) -> float:
     probe, e.g. all ReLUs dead there): no learning rate is above critical (written as null)."""
     return nc / lam_max if lam_max > 0 else math.inf
 
+
 class NTKMonitor(Callback):
     """Track the empirical NTK spectrum and the top-eigenspace loss split.
 

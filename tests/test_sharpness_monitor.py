@@ -1,0 +1,47 @@
+"""The sharpness monitor (config monitor.sharpness): Hessian and Gauss-Newton sharpness against
+the optimizer's edge, in a run, checked against the float64 dense Hessian of tests/references."""
+
+import pytest
+import torch
+from references import dense_mse_hessian
+
+from catapults import metrics, run
+from catapults.config import config_from_dict
+from catapults.data import make_dataset
+from helpers import small_config
+
+
+@pytest.mark.parametrize("optimizer,extra,factor", [
+    ("gd", {}, 1.0), ("momentum", {"momentum": 0.9}, 1.9), ("adam", {}, 19.0)])
+def test_run_records_sharpness_and_the_optimizers_threshold(tmp_path, optimizer, extra, factor):
+    cfg = small_config(
+        model={"width": 16},
+        train={"optimizer": optimizer, "lr": 0.01, "steps": 6, **extra},
+        monitor={"sharpness": {"enabled": True, "every": 3, "probe_size": 24,
+                               "batch_size": 8}})
+    res = run(config_from_dict(cfg), out_dir=tmp_path / "r")
+    rows = [r for r in res.history if metrics.SHARPNESS_HESSIAN in r]
+    assert [r["step"] for r in rows] == [0, 3]
+    for r in rows:
+        assert r[metrics.SHARPNESS_THRESHOLD] == pytest.approx(2 * factor / r["lr"])
+        assert r[metrics.SHARPNESS_GN] > 0 and r[metrics.SHARPNESS_BATCH] is not None
+        assert (metrics.SHARPNESS_PRECONDITIONED in r) == (optimizer == "adam")
+    assert res.summary["monitors"]["sharpness"]["measurements"] == 2
+    # the final model's sharpness on the same probe against the dense float64 Hessian
+    data = make_dataset(config_from_dict(cfg).data)
+    model = res.model.double()
+    X, y = data.X_train[:24].double(), data.y_train[:24].double()
+    from catapults.monitors import SharpnessMonitor
+
+    mon = SharpnessMonitor(X, y, every=1)
+    row = mon.measure(model, 0.01, None)
+    dense = float(torch.linalg.eigvalsh(dense_mse_hessian(model, X, y))[-1])
+    assert row[metrics.SHARPNESS_HESSIAN] == pytest.approx(dense, rel=1e-6)
+
+
+def test_bad_sharpness_config_is_refused():
+    from catapults.errors import ConfigError
+
+    for bad in ({"every": 0}, {"batch_size": 0}, {"probe_size": "all"}):
+        with pytest.raises(ConfigError, match="monitor.sharpness"):
+            config_from_dict({"monitor": {"sharpness": bad}})
