@@ -194,3 +194,27 @@ def test_batch_sharpness_against_exact_enumeration():
     assert est.interval[0] < est.mean < est.interval[1] and est.batches >= 20
     with pytest.raises(KernelError):
         stability.batch_sharpness(model, X, y, 9)
+
+
+@pytest.mark.parametrize("optimizer,extra,factor", [
+    ("gd", {}, 1.0), ("momentum", {"momentum": 0.9}, 1.9),
+    ("momentum", {"momentum": 0.5, "nesterov": True}, 1.5 / 2.0)])
+def test_the_critical_schedule_uses_the_optimizers_own_edge(tmp_path, optimizer, extra, factor):
+    from catapults import run
+    from catapults.config import config_from_dict
+    from catapults.data import make_dataset
+    from helpers import small_config
+
+    cfg = small_config(model={"width": 16},
+                       train={"optimizer": optimizer, "steps": 2, **extra,
+                              "schedule": {"kind": "critical", "milestones": [0],
+                                           "values": [0.5]}})
+    config = config_from_dict(cfg)
+    res = run(config, out_dir=tmp_path / "r")
+    data = make_dataset(config.data)
+    from catapults.models import build_model
+    from catapults.runs import model_spec
+
+    fresh = build_model(model_spec(config, data))  # the run's initial network
+    gd_edge = reference_critical_lr(fresh, data.X_train)
+    assert res.history[0]["lr"] == pytest.approx(0.5 * factor * gd_edge, rel=1e-4)

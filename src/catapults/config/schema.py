@@ -93,7 +93,9 @@ class ScheduleConfig(_Section):
     kind: Literal["constant", "step", "critical", "warmup", "cosine"] = Field(
         "constant",
         description="'constant'; 'step': lr becomes values[i] at milestones[i]; 'critical': "
-        "lr becomes values[i] x the critical lr n*c/lambda_max(K) measured at milestones[i] "
+        "lr becomes values[i] x the critical lr of the run's optimizer measured at "
+        "milestones[i] (n*c/lambda_max(K) for GD/SGD, scaled for momentum, Nesterov and weight "
+        "decay, Adam's preconditioned edge after its first step; catapults.stability) "
         "(on up to 2048 training points; induces catapults on purpose); 'warmup': "
         "linear from 0 to lr over warmup steps, then constant; 'cosine': optional warm-up, then "
         "cosine decay from lr to min_lr at the last step.",

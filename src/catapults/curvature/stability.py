@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from catapults.curvature.checks import kernel_module, on_model_device, trainable_params
+from catapults.curvature.checks import on_model_device, trainable_params
 from catapults.curvature.ntk import empirical_ntk
 from catapults.curvature.ntk_rules.generic import per_sample_jacobian
 from catapults.errors import KernelError
@@ -122,10 +122,7 @@ def critical_lr(model: nn.Module, X: Tensor,
     value ``n·c / λ_max(K)`` of :func:`catapults.ntk.critical_lr`. ``K``: a precomputed full
     kernel (not for Adam, whose kernel is preconditioned). ``inf`` when the kernel is zero."""
     edge = optimizer_edge(optimizer)
-    if edge["kind"] == "adam":
-        if isinstance(model, nn.Module) and kernel_module(model) is not model:
-            raise KernelError("critical_lr: Adam's preconditioned kernel of a linearised model "
-                              "is not supported")
+    if edge["kind"] == "adam":  # (a linearised model: its own Jacobian, the generic path)
         Kp = preconditioned_kernel(model, X, optimizer)
     else:
         Kp = K if K is not None else empirical_ntk(model, X, kind="full")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from catapults import metrics
-from catapults.curvature.spectrum import critical_lr
+from catapults.curvature.stability import critical_lr, optimizer_edge
 from catapults.data.tasks import Dataset
 from catapults.errors import CheckpointError, ConfigError
 from catapults.loggers import Logger
@@ -121,11 +121,22 @@ class Trainer:
             return self.schedule(step)
         if step in self._critical:
             X = self.data.X_train[:2048]
-            self._critical_lr = self._critical[step] * critical_lr(self.model, X)
+            self._critical_lr = self._critical[step] * self._edge(X)
         base = self._critical_lr if self._critical_lr is not None else self.config.lr
         warm = self.config.schedule.warmup * (
             self.steps_per_epoch if self.config.schedule.unit == "epoch" else 1)
         return base * (step + 1) / warm if step < warm else base
+
+    def _edge(self, X: Tensor) -> float:
+        """The critical rate of the run's own optimizer (catapults.stability): GD's
+        ``n·c/λ_max(K)``, scaled for momentum / Nesterov / weight decay, Adam's preconditioned
+        edge once it has second moments (before its first step, GD's edge: Adam's first steps
+        are not its linearised dynamics)."""
+        opt = self.optimizer
+        if optimizer_edge(opt)["kind"] == "adam" and not any(
+                opt.state.get(p) for g in opt.param_groups for p in g["params"]):
+            opt = None
+        return critical_lr(self.model, X, opt)
 
     def _batch(self, step: int) -> tuple[int, Tensor | None]:
         """The epoch of update ``step`` and its batch indices (None: the full batch).
