@@ -45,3 +45,31 @@ def test_bad_sharpness_config_is_refused():
     for bad in ({"every": 0}, {"batch_size": 0}, {"probe_size": "all"}):
         with pytest.raises(ConfigError, match="monitor.sharpness"):
             config_from_dict({"monitor": {"sharpness": bad}})
+
+
+def test_watch_tracks_sharpness_in_a_plain_loop(tmp_path):
+    import json
+
+    import catapults
+    from catapults.errors import MonitorError
+    from catapults.models import MLP
+
+    model = MLP(5, 1, width=16, depth=2, seed=0)
+    X, y = torch.randn(32, 5), torch.randn(32, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    mon = catapults.watch(model, opt, probe=(X, y), out=tmp_path / "w", every=2, k=1,
+                          sharpness=True, sharpness_batch_size=8, figures=False)
+    for _ in range(4):
+        loss = torch.nn.functional.mse_loss(model(X), y)
+        mon.step(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    mon.close()
+    rows = [json.loads(line) for line in
+            (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    measured = [r for r in rows if r.get(metrics.SHARPNESS_HESSIAN) is not None]
+    assert [r["step"] for r in measured] == [0, 2]
+    assert measured[0][metrics.SHARPNESS_THRESHOLD] == pytest.approx(2 * 1.9 / 0.05)
+    with pytest.raises(MonitorError, match="sharpness"):
+        catapults.watch(model, opt, sharpness=True, batch_kernel=False)

@@ -46,6 +46,7 @@ from catapults.loggers import JSONLinesLogger, Logger, TensorBoardLogger
 from catapults.monitors.agop import AGOPMonitor
 from catapults.monitors.events import EventsMonitor
 from catapults.monitors.ntk import NTKMonitor
+from catapults.monitors.sharpness import SharpnessMonitor
 from catapults.storage.atomic import write_json_atomic
 from catapults.storage.rundir import create_run_dir, prepare_run_dir
 from catapults.training.callbacks import Callback, StepContext
@@ -355,6 +356,8 @@ def watch(
     agop: Matrix | None = None,
     agop_inputs: Tensor | None = None,
     agop_every: int = 50,
+    sharpness: bool = False,
+    sharpness_batch_size: int | None = None,
     events: bool = True,
     ratio: float = 3.0,
     window: int = DEFAULT_WINDOW,
@@ -382,6 +385,9 @@ def watch(
         agop: a reference AGOP (``d × d`` tensor or :class:`~catapults.agop.FactoredAGOP`) to
             track the alignment with, on ``agop_inputs`` (default: the probe inputs) every
             ``agop_every`` steps.
+        sharpness: track the loss Hessian's sharpness on the probe every ``every`` steps
+            against the optimizer's edge (:class:`~catapults.monitors.SharpnessMonitor`; with
+            ``sharpness_batch_size`` also the batch sharpness).
         events: detect catapults in the step losses at ``close()`` (``ratio``: the minimum
             height, ``window``, ``false_positive_rate``: see :func:`catapults.detect.detect`).
         loggers: extra :class:`~catapults.loggers.Logger` objects that receive every row.
@@ -410,6 +416,10 @@ def watch(
                                    method=method))
     elif batch_kernel:  # no probe: only the kernels of the mini-batches
         monitors.append(NTKMonitor(None, None, batch=True, method=method))
+    if sharpness:
+        if X is None:
+            raise MonitorError("watch: sharpness=True needs a probe")
+        monitors.append(SharpnessMonitor(X, y, every=every, batch_size=sharpness_batch_size))
     if agop is not None:
         inputs = agop_inputs if agop_inputs is not None else X
         if inputs is None:
