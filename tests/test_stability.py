@@ -192,8 +192,9 @@ def test_batch_sharpness_against_exact_enumeration():
                                     generator=torch.Generator().manual_seed(0))
     assert abs(est.mean - truth) <= 4 * est.se
     assert est.interval[0] < est.mean < est.interval[1] and est.batches >= 20
-    with pytest.raises(KernelError):
-        stability.batch_sharpness(model, X, y, 9)
+    for bad in (9, 0, 2.5, True):
+        with pytest.raises(KernelError, match="batch_size"):
+            stability.batch_sharpness(model, X, y, bad)
 
 
 @pytest.mark.parametrize("optimizer,extra,factor", [

@@ -155,7 +155,7 @@ def batch_sharpness(model: nn.Module, X: Tensor, y: Tensor, batch_size: int, *,
     until the standard error is at most ``rel_se`` of the mean (after ``min_batches``) or
     ``max_batches`` is reached; batches whose gradient vanishes are skipped."""
     n = X.shape[0]
-    if not 1 <= batch_size <= n:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
         raise KernelError(f"batch_sharpness: batch_size must be in 1..{n}, got {batch_size}")
     X = on_model_device(model, X)
     y = y.to(X.device).reshape(n, -1)
