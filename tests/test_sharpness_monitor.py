@@ -73,3 +73,29 @@ def test_watch_tracks_sharpness_in_a_plain_loop(tmp_path):
     assert measured[0][metrics.SHARPNESS_THRESHOLD] == pytest.approx(2 * 1.9 / 0.05)
     with pytest.raises(MonitorError, match="sharpness"):
         catapults.watch(model, opt, sharpness=True, batch_kernel=False)
+
+
+def test_the_early_warning_uses_the_momentum_edge_of_each_batch(tmp_path):
+    """With heavy-ball SGD the batch rows carry ntk/batch_edge = (1 + beta) x the GD batch
+    critical rate, and the flags of the early warning compare the lr with it."""
+    import catapults
+    from catapults.models import MLP
+
+    model = MLP(5, 1, width=16, depth=2, seed=0)
+    X, y = torch.randn(32, 5), torch.randn(32, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    mon = catapults.watch(model, opt, probe=(X, y), out=None, every=100, k=1)
+    for i in range(6):
+        xb, yb = X[4 * i:4 * i + 4], y[4 * i:4 * i + 4]
+        loss = torch.nn.functional.mse_loss(model(xb), yb)
+        mon.step(loss, batch=(xb, yb))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    summary = mon.close()
+    rows = [r for r in mon.history if metrics.NTK_BATCH_ETA_CRIT in r]
+    assert len(rows) == 6
+    for r in rows:
+        assert r[metrics.NTK_BATCH_EDGE] == pytest.approx(1.9 * r[metrics.NTK_BATCH_ETA_CRIT])
+    flagged = sum(r["lr"] > r[metrics.NTK_BATCH_EDGE] for r in rows)
+    assert summary["monitors"]["ntk"]["batch_steps_above_critical"] == flagged

@@ -42,7 +42,7 @@ from catapults.curvature.ntk_rules.generic import per_sample_jacobian
 from catapults.errors import KernelError
 from catapults.linalg.gram import gram
 
-__all__ = ["critical_lr", "optimizer_edge", "preconditioned_kernel"]
+__all__ = ["critical_lr", "edge_from_kernel", "optimizer_edge", "preconditioned_kernel"]
 
 
 def optimizer_edge(optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
@@ -71,6 +71,14 @@ def optimizer_edge(optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
                 "dampening": damp, "weight_decay": wd}
     raise KernelError(f"critical_lr: no stability edge for {type(optimizer).__name__} (known: "
                       "SGD with or without momentum / Nesterov, Adam, AdamW)")
+
+
+def edge_from_kernel(lam_max: float, nc: int, edge: dict[str, Any]) -> float:
+    """``η_crit`` of the optimizer described by ``edge`` (:func:`optimizer_edge`) from the top
+    eigenvalue ``lam_max`` of its kernel on ``nc`` rows: ``factor · 2 / (2 λ/(n·c) + w)``;
+    ``inf`` for a zero kernel."""
+    lam_h = 2 * lam_max / nc + edge["weight_decay"]
+    return edge["factor"] * 2 / lam_h if lam_h > 0 else math.inf
 
 
 def _adam_scales(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -126,9 +134,5 @@ def critical_lr(model: nn.Module, X: Tensor,
         Kp = preconditioned_kernel(model, X, optimizer)
     else:
         Kp = K if K is not None else empirical_ntk(model, X, kind="full")
-    nc = Kp.shape[0]
     lam = float(torch.linalg.eigvalsh(Kp.double())[-1])
-    lam_h = 2 * lam / nc + edge["weight_decay"]  # λ_max of the Gauss-Newton Hessian (+ decay)
-    if lam_h <= 0:
-        return math.inf
-    return edge["factor"] * 2 / lam_h
+    return edge_from_kernel(lam, Kp.shape[0], edge)

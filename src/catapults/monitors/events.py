@@ -18,6 +18,7 @@ from catapults.detect import (
     lr_raises,
     raise_warnings,
 )
+from catapults.monitors.ntk import batch_edge
 from catapults.training.callbacks import Callback, StepContext
 
 
@@ -58,7 +59,7 @@ def analyse_history(history: list[dict[str, Any]], *, ratio: float = 3.0,
     tracked = any(r.get(metrics.NTK_LAMBDA) for r in history)
     flagged = [r[metrics.STEP] for r in history
                if r.get(metrics.NTK_BATCH_ETA_CRIT) is not None
-               and r[metrics.LR] > r[metrics.NTK_BATCH_ETA_CRIT]]
+               and r[metrics.LR] > batch_edge(r)]
     warn = None
     if any(metrics.NTK_BATCH_ETA_CRIT in r for r in history):
         warn = early_warning(flagged, events, window=warning_window, n_steps=len(rows))

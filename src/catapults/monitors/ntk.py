@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from catapults import metrics, ntk
+from catapults.curvature.stability import edge_from_kernel, optimizer_edge
+from catapults.errors import CatapultsError
 from catapults.training.callbacks import Callback, StepContext
 
 
@@ -19,6 +21,28 @@ def critical_rate(nc: int, lam_max: float) -> float:
     probe, e.g. all ReLUs dead there): no learning rate is above critical (written as null)."""
     return nc / lam_max if lam_max > 0 else math.inf
 
+
+
+def _sgd_edge(optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
+    """The optimizer's edge when it differs from GD's on the plain kernel (SGD with momentum,
+    Nesterov or weight decay); None otherwise (plain SGD, Adam, whose edge is on the
+    preconditioned kernel, and optimizers without a known edge)."""
+    if optimizer is None:
+        return None
+    try:
+        edge = optimizer_edge(optimizer)
+    except CatapultsError:
+        return None
+    moving = edge["kind"] in ("momentum", "nesterov")
+    return edge if moving or (edge["kind"] == "gd" and edge["weight_decay"] > 0) else None
+
+
+def batch_edge(row: dict[str, Any]) -> float:
+    """The critical rate a row's lr is compared with for the early warning: the run's
+    optimizer's edge on the batch (``ntk/batch_edge``, momentum / Nesterov / weight decay) when
+    recorded, else ``ntk/batch_eta_crit`` (GD's)."""
+    v = row.get(metrics.NTK_BATCH_EDGE)
+    return v if v is not None else row[metrics.NTK_BATCH_ETA_CRIT]
 
 class NTKMonitor(Callback):
     """Track the empirical NTK spectrum and the top-eigenspace loss split.
@@ -108,6 +132,9 @@ class NTKMonitor(Callback):
             lam_b = float(torch.linalg.eigvalsh(Kb)[-1])
             row = {metrics.NTK_BATCH_LAMBDA_MAX: lam_b,
                    metrics.NTK_BATCH_ETA_CRIT: critical_rate(Kb.shape[0], lam_b)}
+            edge = _sgd_edge(state.optimizer)
+            if edge is not None:  # the early warning compares lr with the optimizer's own edge
+                row[metrics.NTK_BATCH_EDGE] = edge_from_kernel(lam_b, Kb.shape[0], edge)
             record.update(row)
             self.batch_rows.append({"step": state.step, "lr": state.lr, **row})
         if self.X is not None and state.step % self.every == 0 and state.lr > 0:
@@ -124,7 +151,7 @@ class NTKMonitor(Callback):
             out["initial_eta_crit"] = self.rows[0][metrics.NTK_ETA_CRIT]
             out["final_eta_crit"] = self.rows[-1][metrics.NTK_ETA_CRIT]
         if self.batch_rows:
-            crossed = sum(r["lr"] > r[metrics.NTK_BATCH_ETA_CRIT] for r in self.batch_rows)
+            crossed = sum(r["lr"] > batch_edge(r) for r in self.batch_rows)
             out["batch_steps_above_critical"] = crossed
             out["batch_steps"] = len(self.batch_rows)
         summary["monitors"]["ntk"] = out
