@@ -137,22 +137,6 @@ def device_budget(device: Any) -> Budget | None:
                   f"{ENV_VAR} to change it")
 
 
-def _shape(data: Any) -> tuple[int, int, str, Any]:
-    """(input dimension d, number of outputs c, the field that sets d, its value)."""
-    if data.name == "synthetic":
-        return data.d, 1, "data.d", data.d
-    ch, h, w = IMAGE_SHAPES[data.name]
-    if data.grayscale:
-        ch = 1
-    if data.image_size is not None:
-        h = w = data.image_size
-    field, value = ("data.image_size", data.image_size) if data.image_size is not None else (
-        "data.name", repr(data.name))
-    k = len(data.classes) if data.classes is not None else N_CLASSES[data.name]
-    c = 1 if data.name == "celeba" or (data.encoding != "onehot" and k == 2) else k
-    return ch * h * w, c, field, value
-
-
 def _image(data: Any) -> tuple[int, int, int]:
     """(channels, height, width) of an image data set's inputs; synthetic data: (1, 1, d)."""
     if data.name == "synthetic":
@@ -163,6 +147,18 @@ def _image(data: Any) -> tuple[int, int, int]:
     if data.image_size is not None:
         h = w = data.image_size
     return ch, h, w
+
+
+def _shape(data: Any) -> tuple[int, int, str, Any]:
+    """(input dimension d, number of outputs c, the field that sets d, its value)."""
+    if data.name == "synthetic":
+        return data.d, 1, "data.d", data.d
+    ch, h, w = _image(data)
+    field, value = ("data.image_size", data.image_size) if data.image_size is not None else (
+        "data.name", repr(data.name))
+    k = len(data.classes) if data.classes is not None else N_CLASSES[data.name]
+    c = 1 if data.name == "celeba" or (data.encoding != "onehot" and k == 2) else k
+    return ch * h * w, c, field, value
 
 
 def _arch_sizes(model: Any, data: Any, d: int, c: int) -> tuple[int, int, int]:

@@ -25,6 +25,7 @@ from catapults.curvature.ntk_rules.attention import LocalVJPRule
 from catapults.curvature.spectrum import (
     NTKSummary,
     critical_lr,
+    critical_rate,
     lambda_max,
     loss_split,
     ntk_summary,
@@ -39,7 +40,7 @@ __all__ = [
     "LINEAR_RULES", "METHODS", "NTK_RULES", "GradFactor", "HadamardFactor", "LocalVJPRule",
     "NTKRule", "register_ntk_rule", "unregister_ntk_rule", "KernelError", "NTKError",
     "block_krylov_top", "check_per_sample",
-    "NTKSummary", "critical_lr", "eig_top", "empirical_ntk", "gram", "lambda_max",
+    "NTKSummary", "critical_lr", "critical_rate", "eig_top", "empirical_ntk", "gram", "lambda_max",
     "loss_split", "ntk_matvec", "ntk_summary", "on_model_device", "per_sample_jacobian",
     "register_linear_rule", "split_from_eigvecs", "top_eigenpairs",
 ]

@@ -89,14 +89,22 @@ def hessian_top_eigenpairs(model: nn.Module, X: Tensor, y: Tensor, k: int = 1, *
     if loss != "mse":
         raise KernelError(f"hessian_top_eigenpairs: loss {loss!r} (only 'mse')")
     mv, p = hvp_operator(model, X, y)
-    dev = X.device
-    if shift is None:  # |λ_min| estimate: the top of -H, roughly (a few products)
-        neg, _ = block_krylov_top(lambda V: -mv(V).double(), p, 1, tol=1e-2, max_blocks=6,
-                                  max_restarts=2, device=dev)
+    return _top_algebraic(lambda V: mv(V).double(), p, k, device=X.device, v0=v0, shift=shift,
+                          tol=tol)
+
+
+def _top_algebraic(op: Callable[[Tensor], Tensor], p: int, k: int, *,
+                   device: torch.device, v0: Tensor | None = None, shift: float | None = None,
+                   tol: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """Top-``k`` algebraic eigenpairs of a symmetric (possibly indefinite) operator ``op`` by
+    the PSD solver on ``op + σ I``; ``σ`` (default) ≈ 1.1 |λ_min| from a short run on ``-op``."""
+    if shift is None:
+        neg, _ = block_krylov_top(lambda V: -op(V), p, 1, tol=1e-2, max_blocks=6,
+                                  max_restarts=2, device=device)
         shift = max(float(neg[0]), 0.0) * 1.1 + 1e-12
     shift = float(shift)
-    vals, vecs = block_krylov_top(lambda V: mv(V).double() + shift * V, p, k, v0=v0, tol=tol,
-                                  device=dev)
+    vals, vecs = block_krylov_top(lambda V: op(V) + shift * V, p, k, v0=v0, tol=tol,
+                                  device=device)
     return vals - shift, vecs
 
 
@@ -116,11 +124,8 @@ def preconditioned_sharpness(model: nn.Module, X: Tensor, y: Tensor,
     def pre(V: Tensor) -> Tensor:
         return d[:, None] * mv(d[:, None] * V).double()
 
-    neg, _ = block_krylov_top(lambda V: -pre(V), p, 1, tol=1e-2, max_blocks=6, max_restarts=2,
-                              device=X.device)
-    shift = max(float(neg[0]), 0.0) * 1.1 + 1e-12
-    vals, _ = block_krylov_top(lambda V: pre(V) + shift * V, p, 1, tol=tol, device=X.device)
-    return float(vals[0]) - shift
+    vals, _ = _top_algebraic(pre, p, 1, device=X.device, tol=tol)
+    return float(vals[0])
 
 
 @dataclass
@@ -169,13 +174,16 @@ def batch_sharpness(model: nn.Module, X: Tensor, y: Tensor, batch_size: int, *,
         if math.isfinite(v):
             vals.append(v)
         if len(vals) >= min_batches:
-            m = math.fsum(vals) / len(vals)
-            sd = math.sqrt(math.fsum((x - m) ** 2 for x in vals) / (len(vals) - 1))
-            se = sd / math.sqrt(len(vals))
-            if se <= rel_se * abs(m):
-                return BatchSharpness(m, se, (m - 1.96 * se, m + 1.96 * se), len(vals), True)
+            est = _estimate(vals, True)
+            if est.se <= rel_se * abs(est.mean):
+                return est
     if len(vals) < 2:
         raise KernelError("batch_sharpness: fewer than 2 batches with a non-zero gradient")
+    return _estimate(vals, False)
+
+
+def _estimate(vals: list[float], converged: bool) -> BatchSharpness:
+    """The mean of ``vals``, its standard error and normal 95% interval."""
     m = math.fsum(vals) / len(vals)
     se = math.sqrt(math.fsum((x - m) ** 2 for x in vals) / (len(vals) - 1)) / math.sqrt(len(vals))
-    return BatchSharpness(m, se, (m - 1.96 * se, m + 1.96 * se), len(vals), False)
+    return BatchSharpness(m, se, (m - 1.96 * se, m + 1.96 * se), len(vals), converged)

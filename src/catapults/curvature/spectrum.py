@@ -8,6 +8,7 @@ spectrum, ``η_crit`` and the split together."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -87,11 +88,17 @@ def critical_lr(model: nn.Module | None, X: Tensor | None, *, K: Tensor | None =
     size ``b`` this is ``η_crit(B) = b·c / λ_max(K_B)``. Exact for models linear in θ. With a
     precomputed full kernel ``K`` (``(n·c) × (n·c)``) the model and ``X`` are not used."""
     if K is not None:
-        return K.shape[0] / float(eig_top(K, 1)[0][0])
+        return critical_rate(K.shape[0], float(eig_top(K, 1)[0][0]))
     assert model is not None and X is not None
     with torch.no_grad():
         nc = model(X).numel()
-    return nc / lambda_max(model, X, kind="full")
+    return critical_rate(nc, lambda_max(model, X, kind="full"))
+
+
+def critical_rate(nc: int, lam_max: float) -> float:
+    """``n·c / λ_max``; ``inf`` when the kernel is zero (every gradient vanishes on the batch or
+    probe, e.g. all ReLUs dead there): no learning rate is above critical (written as null)."""
+    return nc / lam_max if lam_max > 0 else math.inf
 
 
 def split_from_eigvecs(residual: Tensor, U: Tensor) -> tuple[float, float, float]:
@@ -154,5 +161,5 @@ def ntk_summary(model: nn.Module, X: Tensor, y: Tensor | None = None, k: int = 5
         r = (out.reshape(X.shape[0], -1) - y.reshape(X.shape[0], -1).to(out)).reshape(-1)
         L, L_top, L_rest = split_from_eigvecs(r, vecs[:, :s])
     lam = float(vals[0])
-    return NTKSummary(vals, vecs, nc / lam if lam > 0 else float("inf"), s, L, L_top, L_rest,
+    return NTKSummary(vals, vecs, critical_rate(nc, lam), s, L, L_top, L_rest,
                       K if keep_kernel else None)

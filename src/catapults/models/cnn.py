@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from catapults.models.layers import ScaledConv2d, ScaledLinear, norm2d
-from catapults.models.mlp import ACTIVATIONS
+from catapults.models.mlp import ACTIVATIONS, check_activation
 
 
 class CNN(nn.Module):
@@ -39,8 +39,7 @@ class CNN(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; one of {sorted(ACTIVATIONS)}")
+        check_activation(activation)
         if pool not in ("none", "max", "avg"):
             raise ValueError(f"unknown pool {pool!r}; one of none, max, avg")
         if kernel_size % 2 == 0:

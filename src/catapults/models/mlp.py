@@ -18,6 +18,12 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+def check_activation(name: str) -> None:
+    """Raise ``ValueError`` for an activation name not in :data:`ACTIVATIONS`."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; one of {sorted(ACTIVATIONS)}")
+
+
 class MLP(nn.Module):
     """Fully connected network: flatten, then ``depth`` ScaledLinear layers with activations.
 
@@ -39,8 +45,7 @@ class MLP(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; one of {sorted(ACTIVATIONS)}")
+        check_activation(activation)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         dims = [in_dim] + [width] * (depth - 1) + [out_dim]
         layers: list[nn.Module] = [nn.Flatten()]

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from catapults.models.layers import ScaledConv2d, ScaledLinear
-from catapults.models.mlp import ACTIVATIONS
+from catapults.models.mlp import ACTIVATIONS, check_activation
 
 
 class Attention(nn.Module):
@@ -82,8 +82,7 @@ class ViT(nn.Module):
             raise ValueError(f"patch_size {patch_size} does not divide the image size {h}x{w}")
         if width % heads:
             raise ValueError(f"width {width} is not divisible by {heads} heads")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; one of {sorted(ACTIVATIONS)}")
+        check_activation(activation)
         self.in_shape, self.in_dim, self.out_dim = (c, h, w), c * h * w, out_dim
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         opts = {"bias": bias, "parameterization": parameterization, "bias_scale": bias_scale,

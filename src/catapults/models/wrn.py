@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from catapults.models.layers import ScaledConv2d, ScaledLinear, norm2d
-from catapults.models.mlp import ACTIVATIONS
+from catapults.models.mlp import ACTIVATIONS, check_activation
 
 
 class _Block(nn.Module):
@@ -60,8 +60,7 @@ class WideResNet(nn.Module):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"depth must be 6N+4 with N >= 1, got {depth}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; one of {sorted(ACTIVATIONS)}")
+        check_activation(activation)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         opts = {"bias": bias, "parameterization": parameterization, "bias_scale": bias_scale,
                 "generator": gen, "dtype": dtype}

@@ -3,7 +3,6 @@ tracked during training."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,6 @@ from catapults import metrics, ntk
 from catapults.curvature.stability import edge_from_kernel, optimizer_edge
 from catapults.errors import CatapultsError
 from catapults.training.callbacks import Callback, StepContext
-
-
-def critical_rate(nc: int, lam_max: float) -> float:
-    """``n·c / λ_max``; ``inf`` when the kernel is zero (every gradient vanishes on the batch or
-    probe, e.g. all ReLUs dead there): no learning rate is above critical (written as null)."""
-    return nc / lam_max if lam_max > 0 else math.inf
-
 
 
 def _sgd_edge(optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
@@ -103,7 +95,7 @@ class NTKMonitor(Callback):
         L, L_top, L_rest = ntk.split_from_eigvecs(r, vecs[:, :s])
         lam = [float(v) for v in vals]
         by_s = ((vecs.T @ r).pow(2).cumsum(0) / nc).tolist()  # L_top for s = 1..k
-        return {metrics.NTK_LAMBDA: lam, metrics.NTK_ETA_CRIT: critical_rate(nc, lam[0]),
+        return {metrics.NTK_LAMBDA: lam, metrics.NTK_ETA_CRIT: ntk.critical_rate(nc, lam[0]),
                 metrics.NTK_CRITICAL_LEVEL: level, metrics.NTK_S: s, metrics.NTK_L: L,
                 metrics.NTK_L_TOP: L_top, metrics.NTK_L_REST: L_rest,
                 metrics.NTK_L_TOP_BY_S: by_s}
@@ -131,7 +123,7 @@ class NTKMonitor(Callback):
             Kb = ntk.empirical_ntk(state.model, X, kind="full", check=False)
             lam_b = float(torch.linalg.eigvalsh(Kb)[-1])
             row = {metrics.NTK_BATCH_LAMBDA_MAX: lam_b,
-                   metrics.NTK_BATCH_ETA_CRIT: critical_rate(Kb.shape[0], lam_b)}
+                   metrics.NTK_BATCH_ETA_CRIT: ntk.critical_rate(Kb.shape[0], lam_b)}
             edge = _sgd_edge(state.optimizer)
             if edge is not None:  # the early warning compares lr with the optimizer's own edge
                 row[metrics.NTK_BATCH_EDGE] = edge_from_kernel(lam_b, Kb.shape[0], edge)

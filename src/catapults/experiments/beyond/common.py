@@ -44,13 +44,14 @@ def mlp(task: Task, *, width: int, seed: int, activation: str = "relu",
 
 
 def gd(model: nn.Module, task: Task, steps: int, lr_of: Callable[[int, float], float], *,
-       extra_loss: Callable[[nn.Module], Tensor] | None = None
-       ) -> tuple[list[float], list[float]]:
+       extra_loss: Callable[[nn.Module], Tensor] | None = None,
+       optimizer: torch.optim.Optimizer | None = None) -> tuple[list[float], list[float]]:
     """Full-batch GD on the mean MSE for ``steps`` updates; ``lr_of(t, loss_t)`` gives the
     learning rate of update ``t`` (it may be a controller's ``step``). ``extra_loss(model)``
     adds a term to the objective (not to the recorded loss). Returns (losses, lrs); stops at a
-    non-finite loss (the losses then end with it)."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    non-finite loss (the losses then end with it). ``optimizer``: plain SGD over the model's
+    parameters to use (one a controller also writes to); by default a new one."""
+    opt = optimizer or torch.optim.SGD(model.parameters(), lr=0.0)
     losses: list[float] = []
     lrs: list[float] = []
     for t in range(steps):

@@ -20,6 +20,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from catapults.curvature.spectrum import critical_lr
 from catapults.experiments.beyond.common import final_measures, gd, mlp, synthetic_task
 from catapults.experiments.claims import Claim, make_claim
@@ -34,10 +36,9 @@ def _steps(size: str) -> int:
     return {"tiny": 160, "quick": 400, "full": 800}[size]
 
 
-def _schedule(name: str, model, task, steps: int):
-    """``lr_of(t, loss)`` for the schedule ``name`` and the controller object (or None)."""
-    import torch
-
+def _schedule(name: str, model, task, steps: int, opt):
+    """``lr_of(t, loss)`` for the schedule ``name`` and the controller object (or None), the
+    controllers writing to ``opt`` (the optimizer of the GD loop)."""
     eta0 = critical_lr(model, task.X)
 
     def step_lr(t: int) -> float:
@@ -49,7 +50,6 @@ def _schedule(name: str, model, task, steps: int):
         return (lambda t, loss: step_lr(t)), None
     if name == "cosine":
         return (lambda t, loss: 1.3 * eta0 * 0.5 * (1 + math.cos(math.pi * t / steps))), None
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the controllers' lr goes into gd's own
     if name == "on-demand":
         ctl = CatapultOnDemand(opt, model, task.X, alpha=1.3, gap=max(steps // 10, 20),
                                max_catapults=3)
@@ -72,8 +72,9 @@ def _seed_runs(size: str, seed: int) -> tuple[list[dict[str, Any]], dict[str, li
     rows, curves = [], {}
     for name in SCHEDULES:
         model = mlp(task, width=width, seed=seed)
-        lr_of, ctl = _schedule(name, model, task, steps)
-        losses, lrs = gd(model, task, steps, lr_of)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        lr_of, ctl = _schedule(name, model, task, steps, opt)
+        losses, lrs = gd(model, task, steps, lr_of, optimizer=opt)
         row = {"seed": seed, "schedule": name, **final_measures(model, task, losses),
                "final_lr": lrs[-1] if lrs else None}
         if isinstance(ctl, CatapultOnDemand):
