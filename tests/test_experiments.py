@@ -109,9 +109,64 @@ def test_diverged_run_does_not_break_an_experiment(tmp_path, monkeypatch):
     assert bad[0]["status"] == "diverged" and bad[0]["agop_alignment"] is None
     assert all(r["agop_alignment"] is not None for r in rows if r["raises"] != 2)
     assert [r["kind"] for r in rows].count("ramp") == 1  # the control of the last level
+    wd = [r for r in rows if r["kind"] == "weight-decay"]
+    assert len(wd) == 1 and wd[0]["weight_decay"] > 0 and wd[0]["catapults"] == 0
     assert ex._fig_multi(rows, results, tmp_path / "f.png", "t").is_file()
     assert ex._multi_claims("", rows)  # claims are still computed
 
+
+def _fake_run(energy: float, lrs=(), status: str = "completed"):
+    """A stand-in RunResult: a first layer with ``‖W₁‖² = energy`` and lr rows."""
+    from types import SimpleNamespace
+
+    import torch
+
+    layer = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.fill_(1.0).mul_((energy / 12) ** 0.5)
+    return SimpleNamespace(status=status, model=layer,
+                           history=[{"step": i, "lr": lr} for i, lr in enumerate(lrs)])
+
+
+@pytest.mark.parametrize("pull", [1.0, 0.2, 0.02])
+def test_weight_decay_search_matches_the_energy(pull):
+    """The weight-decay control's search reaches the treatment's ||W1||^2 within WD_MATCH in
+    WD_TRIES runs when ln E falls linearly in the decay (``pull`` = how much of the pure-decay
+    shrinkage survives the gradient), starting from the pure-decay guess; λ is positive."""
+    import math
+
+    from catapults.experiments import gd_multi as ex
+
+    base = _fake_run(100.0, lrs=[1.0] * 50)
+    tried = []
+
+    def run_with(lam, attempt):
+        tried.append(lam)
+        return _fake_run(100.0 * math.exp(-2 * pull * lam * 50))
+
+    res, lam, n = ex._match_weight_decay(run_with, base, 10.0)
+    energy = float(res.model.weight.detach().pow(2).sum())
+    assert abs(energy / 10.0 - 1) < ex.WD_MATCH and lam > 0 and n == len(tried) <= ex.WD_TRIES
+    assert abs(lam - math.log(10) / (2 * pull * 50)) < 0.05 * lam  # the decay that does it
+
+
+def test_weight_decay_search_backs_off_and_gives_up_cleanly():
+    """Nothing to match when the treatment did not shrink W1 or the baseline diverged; a
+    diverging try halves λ; every try diverging gives None."""
+    from catapults.experiments import gd_multi as ex
+
+    base = _fake_run(100.0, lrs=[1.0] * 10)
+    never = pytest.fail  # must not be called
+    assert ex._match_weight_decay(never, base, 120.0) is None
+    assert ex._match_weight_decay(never, _fake_run(100.0, status="diverged"), 10.0) is None
+    tried = []
+
+    def diverging(lam, attempt):
+        tried.append(lam)
+        return _fake_run(1.0, status="diverged")
+
+    assert ex._match_weight_decay(diverging, base, 10.0) is None
+    assert len(tried) == ex.WD_TRIES and tried[1] == tried[0] / 2
 
 
 @pytest.fixture

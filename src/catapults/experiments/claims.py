@@ -42,6 +42,10 @@ THRESHOLDS: dict[str, tuple[str, float]] = {
     # added 2026-12-04 (issue 15, 2b: the mechanism), before computed: catapults shrink the
     # first layer's weights in the directions the target ignores
     "gd-multi/irrelevant-energy-ratio-vs-baseline": ("<", 1.0),
+    # added 2026-12-04 (issue 15, 2b), before computed: the raises must beat weight decay that
+    # shrinks the first layer as much without a catapult
+    "gd-multi/test-loss-gain-vs-weight-decay": (">", 0.0),
+    "gd-multi/alignment-gain-vs-weight-decay": (">", 0.0),
     "sgd-spikes/top-share": (">=", 0.5),
     "sgd-spikes/top-share-s5": (">=", 0.5),
     "sgd-spikes/warning-recall": (">=", 0.5),

@@ -48,7 +48,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] = ()) 
 
 
 FEATURES = ("agop_alignment", "agop_sqrt_alignment", "target_trace_share",
-            "first_layer_alignment", "energy_target", "energy_other")
+            "first_layer_alignment", "first_layer_energy", "energy_target", "energy_other")
 """The feature-learning columns of a run's row (:mod:`catapults.experiments.features`)."""
 
 

@@ -14,6 +14,8 @@ For the model's AGOP ``G`` and the true AGOP ``G*`` on the same inputs (``d × d
   the first ``nn.Linear``-like module with ``d`` inputs; None when there is none, and for a
   linearised model, whose trained weights are not a layer's), the quantity the RFM literature
   calls the neural feature matrix;
+- ``first_layer_energy``: ``‖W₁‖²_F``, the whole first layer's weight energy (what a weight-decay
+  control is matched on);
 - ``energy_target`` / ``energy_other``: ``‖W₁ P‖²_F / r`` and ``‖W₁ (I − P)‖²_F / (d − r)``, the
   first layer's weight energy per input direction, inside and outside the target directions
   (``r = rank P``). Runs that share an initialisation compare directly: a catapult that shrinks
@@ -27,7 +29,7 @@ from torch import Tensor, nn
 
 from catapults.agop import agop, alignment
 
-__all__ = ["feature_metrics", "target_projector"]
+__all__ = ["feature_metrics", "first_layer_energy", "target_projector"]
 
 
 def target_projector(G_true: Tensor, *, rel: float = 1e-6) -> Tensor:
@@ -42,14 +44,22 @@ def _sqrt_psd(A: Tensor) -> Tensor:
     return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
 
 
-def _first_layer(model: nn.Module, d: int) -> Tensor | None:
+def _first_layer(model: nn.Module, d: int | None = None) -> Tensor | None:
+    """The first trainable 2-D ``weight`` (with ``d`` inputs when ``d`` is given)."""
     if callable(getattr(model, "tangent_module", None)):  # a linearised model: no such layer
         return None
     for mod in model.modules():
         w = getattr(mod, "weight", None)
-        if isinstance(w, Tensor) and w.dim() == 2 and w.shape[1] == d and w.requires_grad:
+        if (isinstance(w, Tensor) and w.dim() == 2 and w.requires_grad
+                and (d is None or w.shape[1] == d)):
             return w.detach()
     return None
+
+
+def first_layer_energy(model: nn.Module) -> float | None:
+    """``‖W₁‖²_F`` of the first trainable 2-D weight (float64; None when there is none)."""
+    W = _first_layer(model)
+    return None if W is None else float(W.double().pow(2).sum())
 
 
 def feature_metrics(model: nn.Module, X: Tensor, G_true: Tensor) -> dict[str, float | None]:
@@ -66,12 +76,14 @@ def feature_metrics(model: nn.Module, X: Tensor, G_true: Tensor) -> dict[str, fl
         "agop_alignment": float(alignment(G, Gt)),
         "agop_sqrt_alignment": float(alignment(_sqrt_psd(G), _sqrt_psd(Gt))),
         "target_trace_share": float(torch.trace(P @ G) / torch.trace(G)),
-        "first_layer_alignment": None, "energy_target": None, "energy_other": None,
+        "first_layer_alignment": None, "first_layer_energy": None, "energy_target": None,
+        "energy_other": None,
     }
     W = _first_layer(model, d)
     if W is not None:
         W = W.double().cpu()
         out["first_layer_alignment"] = float(alignment(W.T @ W, Gt))
+        out["first_layer_energy"] = float(W.pow(2).sum())
         out["energy_target"] = float((W @ P).pow(2).sum()) / max(r, 1)
         out["energy_other"] = (float((W @ (torch.eye(d, dtype=W.dtype) - P)).pow(2).sum())
                                / max(d - r, 1))

@@ -1,11 +1,13 @@
 """gd-multi: multiple catapults from learning-rate raises in full-batch GD; test loss and AGOP
-alignment against the number of catapults, over seeds, against two controls (the schedule kept
-below the critical rate, and a smooth ramp to the same final learning rate). Its runs, claims
-and figure also serve ``real``.
+alignment against the number of catapults, over seeds, against three controls (the schedule kept
+below the critical rate, a smooth ramp to the same final learning rate, and the below-critical
+schedule with the weight decay that shrinks the first layer as much as the raises did). Its runs,
+claims and figure also serve ``real``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,62 @@ from catapults.experiments.common import (
     _width,
     _write_csv,
 )
+from catapults.experiments.features import first_layer_energy
 from catapults.experiments.stats import effect_size, paired_differences, spearman
 from catapults.runs import RunResult
+
+WD_TRIES = 3
+"""Runs of the weight-decay control's search (a first guess, then secant steps)."""
+WD_MATCH = 0.05
+"""The search stops when the control's ``‖W₁‖²`` is within this relative distance of the target."""
+
+
+def _lr_integral(result: RunResult) -> float:
+    """``Σ_t η_t`` over the run's steps, from its metrics rows (each row's lr held until the
+    next row)."""
+    rows = [(r["step"], r["lr"]) for r in result.history
+            if r.get("lr") is not None and r.get("step") is not None]
+    return sum(lr * (nxt[0] - step) for (step, lr), nxt in zip(rows, rows[1:])) + (
+        rows[-1][1] if rows else 0.0)
+
+
+def _match_weight_decay(run_with: Callable[[float, int], RunResult], base: RunResult,
+                        target: float, *, tries: int = WD_TRIES
+                        ) -> tuple[RunResult, float, int] | None:
+    """The weight-decay control: ``run_with(λ, attempt)`` trains the baseline's schedule with
+    coupled weight decay ``λ``; the run whose final ``‖W₁‖²`` comes closest to ``target`` (the
+    treatment's) within ``tries`` runs is returned with its ``λ`` and the number of runs tried.
+
+    First guess: decay alone multiplies ``‖W₁‖²`` by ``Π(1 − η_t λ)² ≈ exp(−2λ Σ_t η_t)``, so
+    ``λ₀ = ln(E_base / target) / (2 Σ η_t)`` (the gradient pulls the weights back, so this
+    undershoots); then secant steps on ``ln E(λ) − ln target``, starting through
+    ``(0, ln E_base − ln target)``. A diverged try halves ``λ``. None when the treatment did not
+    shrink ``‖W₁‖`` (nothing to match) or the energies are unknown.
+    """
+    e_base = first_layer_energy(base.model) if base.status == "completed" else None
+    if e_base is None or not target or target >= e_base:
+        return None
+    goal = math.log(target)
+    pts = [(0.0, math.log(e_base) - goal)]  # (λ, ln E(λ) − ln target)
+    lam = math.log(e_base / target) / (2 * max(_lr_integral(base), 1e-12))
+    best: tuple[float, RunResult, float] | None = None
+    for attempt in range(tries):
+        res = run_with(lam, attempt)
+        e = first_layer_energy(res.model) if res.status == "completed" else None
+        if e is None:  # diverged: back off
+            lam /= 2
+            continue
+        f = math.log(e) - goal
+        if best is None or abs(f) < best[0]:
+            best = (abs(f), res, lam)
+        if abs(f) < math.log1p(WD_MATCH):
+            break
+        (l0, f0), pts = pts[-1], [*pts, (lam, f)]
+        step = lam - f * (lam - l0) / (f - f0) if f != f0 else 2 * lam
+        lam = step if 0 < step < 100 * lam else (2 * lam if f > 0 else lam / 2)
+    if best is None:
+        return None
+    return best[1], best[2], attempt + 1
 
 
 def _levels(size: str) -> tuple[int, int]:
@@ -43,7 +99,9 @@ def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, seed: i
     raise (k = 0: 0.9x the initial critical rate throughout, the below-critical baseline), and
     the *ramp* control: the same start and the same final learning rate as the run with the most
     raises that completed (K unless it diverged), reached by a linear ramp (many small steps)
-    between its first and last raise."""
+    between its first and last raise; and the *weight-decay* control: the baseline's schedule
+    with the weight decay that shrinks the first layer's ``‖W₁‖²`` as much as those raises did
+    (:func:`_match_weight_decay`)."""
     K, gap = _levels(size)
     steps = 40 + gap * (K + 1)
     results, rows = [], []
@@ -52,10 +110,11 @@ def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, seed: i
         return {"optimizer": "gd", "lr": lr, "steps": steps, "eval_every": 10, "seed": seed,
                 "schedule": schedule}
 
-    def record(res: RunResult, raises: int | None, kind: str) -> None:
+    def record(res: RunResult, raises: int | None, kind: str, **extra: Any) -> None:
         ev = _events(res)
         results.append(res)
-        rows.append({"seed": seed, "kind": kind, "raises": raises, "catapults": ev.get("count"),
+        rows.append({"seed": seed, "kind": kind, "raises": raises, **extra,
+                     "catapults": ev.get("count"),
                      "loss_noise_sigma": (ev.get("calibration") or {}).get("sigma"),
                      "status": res.status, "final_lr": res.history[-1]["lr"],
                      "final_train_loss": res.summary["final_train_loss"],
@@ -81,6 +140,21 @@ def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, seed: i
                    train=train({"kind": "step", "milestones": marks, "values": values}, lr0),
                    monitor={"events": {"enabled": True}}, output={"figures": False})
         record(_run(cfg, out / "runs" / f"{tag}-ramp-seed{seed}"), None, "ramp")
+
+        def with_decay(lam: float, attempt: int) -> RunResult:
+            cfg = _cfg(data=data, model=model,
+                       train={**train({"kind": "critical", "milestones": [0], "values": [0.9]}),
+                              "weight_decay": lam},
+                       monitor={"events": {"enabled": True}}, output={"figures": False})
+            return _run(cfg, out / "runs" / f"{tag}-weight-decay-try{attempt}-seed{seed}")
+
+        target = first_layer_energy(top.model)
+        match = _match_weight_decay(with_decay, results[0], target) if target else None
+        if match is not None:
+            res, lam, tried = match
+            e = first_layer_energy(res.model)
+            record(res, None, "weight-decay", weight_decay=lam, weight_decay_tries=tried,
+                   energy_vs_treatment=None if e is None else e / target)
     G_ref, X_ref = reference(results) if reference else _synthetic_reference(data)
     for row, res in zip(rows, results):
         row.update(_final_features(res, G_ref, X_ref))
@@ -114,6 +188,7 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
     seeds = _by_seed(rows)
     follow, align, test = [], [], []
     d_test_base, d_align_base, d_test_ramp, d_align_ramp, ramp_catapults = [], [], [], [], []
+    d_test_wd, d_align_wd, wd_catapults, wd_energy, wd_values = [], [], [], [], []
     variant_gain: dict[str, list[float | None]] = {key: [] for key in VARIANTS}
     top_levels: list[int | None] = []
     other_ratio: list[float | None] = []
@@ -142,6 +217,14 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
         d_align_ramp += paired_differences([_value(top, "agop_alignment")],
                                            [_value(ramp, "agop_alignment")])
         ramp_catapults.append(None if ramp is None else ramp["catapults"])
+        wd = _pick(srows, "weight-decay")
+        d_test_wd += paired_differences([_value(wd, "final_test_loss")],
+                                        [_value(top, "final_test_loss")])
+        d_align_wd += paired_differences([_value(top, "agop_alignment")],
+                                         [_value(wd, "agop_alignment")])
+        wd_catapults.append(None if wd is None else wd["catapults"])
+        wd_energy.append(None if wd is None else wd.get("energy_vs_treatment"))
+        wd_values.append(None if wd is None else wd.get("weight_decay"))
         for key in VARIANTS:
             variant_gain[key] += paired_differences([_value(top, key)], [_value(base, key)])
         b_other, t_other = _value(base, "energy_other"), _value(top, "energy_other")
@@ -152,6 +235,11 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
     ramp_name = ("the same start and final lr as the run compared (the most raises that "
                  "completed), reached by a linear ramp "
                  "(the final lr without the raises)")
+    wd_name = ("the baseline's schedule (0.9 eta_crit of the optimizer with weight decay) with "
+               "the coupled weight decay whose final first-layer ||W1||^2 matches the run "
+               "compared (the shrinkage without the catapults)")
+    wd_detail = {"weight_decay_catapults": wd_catapults, "weight_decay": wd_values,
+                 "energy_vs_treatment": wd_energy}
     return [
         make_claim(f"{prefix}gd-multi/catapults-follow-raises", "multiple catapults",
                    "Spearman(number of lr raises, catapults detected) over the levels of a seed",
@@ -182,13 +270,22 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
                    "AGOP alignment after K raises - that of the ramp (paired by seed)",
                    d_align_ramp, control=ramp_name, d_z=effect_size(d_align_ramp),
                    ramp_catapults=ramp_catapults),
+        make_claim(f"{prefix}gd-multi/test-loss-gain-vs-weight-decay", "claim 3 (confound)",
+                   "test loss of the weight-decay control - test loss after K raises "
+                   "(paired by seed)", d_test_wd, control=wd_name, d_z=effect_size(d_test_wd),
+                   **wd_detail),
+        make_claim(f"{prefix}gd-multi/alignment-gain-vs-weight-decay", "claim 3 (confound)",
+                   "AGOP alignment after K raises - that of the weight-decay control "
+                   "(paired by seed)", d_align_wd, control=wd_name,
+                   d_z=effect_size(d_align_wd), **wd_detail),
     ]
 
 
 def _fig_multi(rows, results, path: Path, title: str) -> Path:
     """Left: the training loss of seed 0's runs. Middle and right: test loss and AGOP alignment
     against the number of catapults, every seed's runs as points (the ramp control as
-    crosses), each on its own axis (no twin axes that make small changes look large)."""
+    crosses, the weight-decay control as squares), each on its own axis (no twin axes that
+    make small changes look large)."""
     from matplotlib.ticker import MaxNLocator
 
     plt = _plt()
@@ -199,11 +296,10 @@ def _fig_multi(rows, results, path: Path, title: str) -> Path:
             continue
         xs = [r["step"] for r in res.history if r.get("loss") is not None]
         ys = [r["loss"] for r in res.history if r.get("loss") is not None]
+        kind = row.get("kind", "raises")
         label = (f"{row['raises']} raise(s): {row['catapults']} catapult(s)"
-                 if row.get("kind", "raises") == "raises"
-                 else f"ramp control: {row['catapults']} catapult(s)")
-        a.plot(xs, ys, lw=0.9, ls="-" if row.get("kind", "raises") == "raises" else ":",
-               label=label)
+                 if kind == "raises" else f"{kind} control: {row['catapults']} catapult(s)")
+        a.plot(xs, ys, lw=0.9, ls={"raises": "-", "ramp": ":"}.get(kind, "--"), label=label)
     a.set_yscale("log")
     a.set_xlabel("step")
     a.set_ylabel("training loss")
@@ -211,7 +307,8 @@ def _fig_multi(rows, results, path: Path, title: str) -> Path:
     a.legend(fontsize=7)
     for ax, key, label in [(b, "final_test_loss", "test loss"),
                            (c, "agop_alignment", "AGOP alignment")]:
-        for kind, marker, name in [("raises", "o", "lr raises"), ("ramp", "x", "ramp control")]:
+        for kind, marker, name in [("raises", "o", "lr raises"), ("ramp", "x", "ramp control"),
+                                   ("weight-decay", "s", "weight-decay control")]:
             pts = [(r["catapults"], r[key]) for r in rows if r.get("kind", "raises") == kind
                    and r["status"] == "completed" and r.get(key) is not None]
             if pts:
