@@ -52,5 +52,46 @@ def test_a_run_says_when_a_raise_cannot_catapult(tmp_path, capsys):
     assert "note: the learning-rate raise at step 6 (to 0.02) is not above the critical" in out
     ev = json.loads((tmp_path / "r" / "events.json").read_text())
     assert ev["lr_raises"][0]["above_critical"] is False and len(ev["warnings"]) == 1
+    assert sum(ev["causes"].values()) == ev["count"]  # every catapult has a cause
     assert cli.main(["inspect", str(tmp_path / "r")]) == 0
     assert "note: the learning-rate raise at step 6" in capsys.readouterr().out
+
+
+def _ev(start):
+    return Catapult(start=start, peak=start + 2, end=start + 5, trigger=start + 1,
+                    baseline_loss=1.0, peak_loss=10.0, recovered=True)
+
+
+def test_catapults_are_labelled_by_cause():
+    """The first catapult after a raise is caused by it; one near the start before any raise
+    by the initial lr; a second one after the same raise, or one at a constant lr far from the
+    start (the edge of stability), is spontaneous."""
+    from catapults.detect import CAUSES, label_causes
+
+    lrs = [1.0] * 100 + [3.0] * 100
+    events = [_ev(3), _ev(40), _ev(102), _ev(150)]
+    raises = lr_raises(_rows(lrs, [None] * 200), events)
+    counts = label_causes(events, raises, _rows(lrs, [None] * 200))
+    assert [e.info["cause"] for e in events] == ["initial lr", "spontaneous", "lr raise",
+                                                 "spontaneous"]
+    assert counts == {"lr raise": 1, "lr ramp": 0, "initial lr": 1, "spontaneous": 2}
+    assert set(counts) == set(CAUSES)
+    const = [_ev(500), _ev(900)]  # a fixed lr: nothing but the start can explain them
+    assert label_causes(const, [], first_step=0) == {"lr raise": 0, "lr ramp": 0,
+                                                     "initial lr": 0, "spontaneous": 2}
+    late = [_ev(510)]  # a run whose rows begin at step 500: "near the start" is relative
+    assert label_causes(late, [], first_step=500)["initial lr"] == 1
+
+
+def test_catapults_under_a_ramp_are_caused_by_it():
+    """A linear ramp rises by steps smaller than a raise: the catapults during it are caused by
+    the ramp, not spontaneous (also the first one after it ended: the lr rose since the previous
+    catapult); a later one at the constant top lr is spontaneous."""
+    from catapults.detect import label_causes
+
+    lrs = [1.0 + 0.02 * min(t, 100) for t in range(300)]  # ramp to 3, then constant
+    events = [_ev(50), _ev(90), _ev(120), _ev(250)]
+    hist = _rows(lrs, [None] * 300)
+    assert lr_raises(hist, events) == []
+    assert label_causes(events, [], hist)["lr ramp"] == 3
+    assert [e.info["cause"] for e in events] == ["lr ramp"] * 3 + ["spontaneous"]

@@ -54,7 +54,9 @@ calibrated false-positive rate per step measured on the noise-only curves.
 
 :func:`lr_raises` lists the run's learning-rate raises, each with the critical rate measured
 before it and the catapult that followed; :func:`raise_warnings` says which raises could not
-catapult (at or below their critical rate).
+catapult (at or below their critical rate); :func:`label_causes` labels each catapult ``lr
+raise``, ``initial lr`` or ``spontaneous`` (no learning-rate change explains it: the edge of
+stability, SGD's batches), so that a claim about raises does not count spontaneous ones.
 
 With the NTK tracked, :func:`attribute_events` also *confirms* each catapult spectrally (the
 paper's definition): ``info["confirmed"]`` is True when the spike is carried by the top
@@ -96,9 +98,10 @@ from catapults.detect.events import (
     Detection,
     Oscillation,
 )
-from catapults.detect.raises import RAISE_RATIO, lr_raises, raise_warnings
+from catapults.detect.raises import CAUSES, RAISE_RATIO, label_causes, lr_raises, raise_warnings
 
 __all__ = [
+    "CAUSES",
     "CONFIRM_SHARE",
     "Catapult",
     "DEFAULT_FALSE_POSITIVE_RATE",
@@ -117,6 +120,7 @@ __all__ = [
     "early_warning",
     "find_catapults",
     "find_oscillations",
+    "label_causes",
     "lr_raises",
     "raise_warnings",
 ]

@@ -3,6 +3,11 @@
 (the loss of GD on the linearised dynamics keeps falling). A raise below its critical rate is
 worth saying out loud: a schedule meant to catapult that no longer can (``λ_max`` fell during the
 earlier catapults, so ``η_crit`` rose above the next raise) otherwise looks like a detector miss.
+
+Each catapult also gets a *cause* (:func:`label_causes`): a catapult that no learning-rate change
+explains (GD at the edge of stability sharpens until ``η·λ ≈ 2`` and then spikes at a fixed
+``η``; SGD's batches cross their own critical rates) is ``spontaneous``, and a claim that
+catapults follow raises must count the ``lr raise`` ones.
 """
 
 from __future__ import annotations
@@ -54,6 +59,47 @@ def lr_raises(history: Sequence[dict[str, Any]], events: Sequence[Catapult] = ()
         rs["catapult"] = next((j for j, e in enumerate(events)
                                if isinstance(e, Catapult) and rs["step"] <= e.start < end), None)
     return raises
+
+
+INITIAL_STEPS = 20
+"""A catapult starting within this many steps of the first, before any raise, is caused by the
+initial learning rate (already above the critical rate)."""
+
+CAUSES = ("lr raise", "lr ramp", "initial lr", "spontaneous")
+"""The causes :func:`label_causes` assigns."""
+
+
+def label_causes(events: Sequence[Catapult], raises: Sequence[dict[str, Any]],
+                 history: Sequence[dict[str, Any]] = (), *, first_step: int = 0,
+                 initial_steps: int = INITIAL_STEPS) -> dict[str, int]:
+    """Set ``info["cause"]`` of each catapult in ``events`` and return the count of each cause.
+
+    ``lr raise``: the first catapult after a raise of ``raises`` (:func:`lr_raises`) and before
+    the next one; ``lr ramp``: otherwise, the learning rate (the ``lr`` of ``history``'s rows)
+    rose in small steps (a warm-up, a ramp) between the end of the previous catapult (or the
+    first step) and this one's start; ``initial lr``: one starting before any raise within
+    ``initial_steps`` of ``first_step``; ``spontaneous``: every other one (no learning-rate
+    change explains it)."""
+    linked = {r["catapult"] for r in raises if r["catapult"] is not None}
+    first_raise = min((r["step"] for r in raises), default=float("inf"))
+    lrs = [(r[metrics.STEP], _plain(r[metrics.LR])) for r in history
+           if metrics.STEP in r and _finite(_plain(r.get(metrics.LR)))]
+    counts = dict.fromkeys(CAUSES, 0)
+    since = first_step
+    for i, ev in enumerate(events):
+        stretch = [lr for step, lr in lrs if since <= step <= ev.start]
+        if i in linked:
+            cause = "lr raise"
+        elif any(b > a for a, b in zip(stretch, stretch[1:])):
+            cause = "lr ramp"
+        elif ev.start < first_raise and ev.start <= first_step + initial_steps:
+            cause = "initial lr"
+        else:
+            cause = "spontaneous"
+        ev.info["cause"] = cause
+        counts[cause] += 1
+        since = ev.end
+    return counts
 
 
 def raise_warnings(raises: Sequence[dict[str, Any]]) -> list[str]:

@@ -115,6 +115,8 @@ def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, seed: i
         results.append(res)
         rows.append({"seed": seed, "kind": kind, "raises": raises, **extra,
                      "catapults": ev.get("count"),
+                     # catapults no lr change explains (the edge of stability), counted apart
+                     "spontaneous": (ev.get("causes") or {}).get("spontaneous"),
                      "loss_noise_sigma": (ev.get("calibration") or {}).get("sigma"),
                      "status": res.status, "final_lr": res.history[-1]["lr"],
                      "final_train_loss": res.summary["final_train_loss"],
@@ -186,7 +188,7 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
     paired differences of the K-raise run against its two controls (the below-critical
     baseline, k = 0, and the smooth ramp to the same final learning rate)."""
     seeds = _by_seed(rows)
-    follow, align, test = [], [], []
+    follow, align, test, spontaneous = [], [], [], []
     d_test_base, d_align_base, d_test_ramp, d_align_ramp, ramp_catapults = [], [], [], [], []
     d_test_wd, d_align_wd, wd_catapults, wd_energy, wd_values = [], [], [], [], []
     variant_gain: dict[str, list[float | None]] = {key: [] for key in VARIANTS}
@@ -200,6 +202,7 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
         c = [r["catapults"] for r in lv]
         done = [r for r in lv if r["status"] == "completed"]
         follow.append(spearman(k, c))
+        spontaneous.append(sum(r.get("spontaneous") or 0 for r in lv))
         align.append(spearman([r["catapults"] for r in done], [r["agop_alignment"] for r in done]))
         test.append(spearman([r["catapults"] for r in done], [r["final_test_loss"] for r in done]))
         # the treatment: the most raises that completed in this seed (K, or fewer when the
@@ -243,7 +246,7 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
     return [
         make_claim(f"{prefix}gd-multi/catapults-follow-raises", "multiple catapults",
                    "Spearman(number of lr raises, catapults detected) over the levels of a seed",
-                   follow),
+                   follow, spontaneous_catapults=spontaneous),
         make_claim(f"{prefix}gd-multi/alignment-vs-catapults", "claim 3",
                    "Spearman(catapults, AGOP alignment) over the levels of a seed", align),
         make_claim(f"{prefix}gd-multi/test-loss-vs-catapults", "claim 3",

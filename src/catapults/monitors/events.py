@@ -15,6 +15,7 @@ from catapults.detect import (
     attribute_events,
     detect,
     early_warning,
+    label_causes,
     lr_raises,
     raise_warnings,
 )
@@ -31,8 +32,10 @@ def analyse_history(history: list[dict[str, Any]], *, ratio: float = 3.0,
 
     Returns ``{"events": [Catapult...], "count", "confirmed_count", "recovered",
     "oscillations": [Oscillation...], "calibration", "early_warning" (or None), "steps",
-    "lr_raises", "warnings"}`` (the raises and what they could do:
-    :func:`catapults.detect.lr_raises`, :func:`~catapults.detect.raise_warnings`).
+    "lr_raises", "warnings", "causes"}`` (the raises and what they could do:
+    :func:`catapults.detect.lr_raises`, :func:`~catapults.detect.raise_warnings`; ``causes``
+    counts the catapults by cause, :func:`~catapults.detect.label_causes`, and each event's
+    ``info["cause"]`` says its own).
     ``count`` is loss-only; ``confirmed_count`` counts the events confirmed spectrally (top
     eigenspace share ``>= confirm_share`` and ``lambda_max`` lower after than before; None
     when the NTK was not tracked). A claim should use ``confirmed_count`` when it is not None.
@@ -44,7 +47,7 @@ def analyse_history(history: list[dict[str, Any]], *, ratio: float = 3.0,
     if not rows:
         return {"events": [], "count": 0, "confirmed_count": None, "recovered": 0,
                 "oscillations": [], "calibration": None, "early_warning": None, "steps": 0,
-                "lr_raises": [], "warnings": []}
+                "lr_raises": [], "warnings": [], "causes": label_causes([], [])}
     steps = [r["step"] for r in rows]
     found = detect([r[series] for r in rows], ratio=ratio, window=window,
                    return_ratio=return_ratio, false_positive_rate=false_positive_rate)
@@ -64,8 +67,9 @@ def analyse_history(history: list[dict[str, Any]], *, ratio: float = 3.0,
     if any(metrics.NTK_BATCH_ETA_CRIT in r for r in history):
         warn = early_warning(flagged, events, window=warning_window, n_steps=len(rows))
     raises = lr_raises(history, events)
+    causes = label_causes(events, raises, history, first_step=steps[0])
     return {"events": events, "count": len(events), "lr_raises": raises,
-            "warnings": raise_warnings(raises),
+            "warnings": raise_warnings(raises), "causes": causes,
             "confirmed_count": (sum(e.info.get("confirmed") is True for e in events)
                                 if tracked else None),
             "recovered": sum(e.recovered for e in events), "oscillations": oscillations,
@@ -99,7 +103,8 @@ class EventsMonitor(Callback):
         return {"count": res["count"], "confirmed_count": res["confirmed_count"],
                 "recovered": res["recovered"], "oscillations": len(res["oscillations"]),
                 "calibration": res["calibration"], "early_warning": res["early_warning"],
-                "lr_raises": res["lr_raises"], "warnings": res["warnings"]}
+                "lr_raises": res["lr_raises"], "warnings": res["warnings"],
+                "causes": res["causes"]}
 
     def on_train_end(self, state: StepContext, summary: dict[str, Any]) -> None:
         self.history = state.history
