@@ -99,3 +99,33 @@ def test_the_early_warning_uses_the_momentum_edge_of_each_batch(tmp_path):
         assert r[metrics.NTK_BATCH_EDGE] == pytest.approx(1.9 * r[metrics.NTK_BATCH_ETA_CRIT])
     flagged = sum(r["lr"] > r[metrics.NTK_BATCH_EDGE] for r in rows)
     assert summary["monitors"]["ntk"]["batch_steps_above_critical"] == flagged
+
+
+def test_the_early_warning_uses_adams_preconditioned_edge_of_each_batch():
+    """With Adam the batch rows carry ntk/batch_edge = Adam's edge on the batch's
+    preconditioned kernel (catapults.stability.critical_lr on the batch, P as it is before
+    the update); before Adam's first step the edge is None (no second moments), never flagged."""
+    import catapults
+    from catapults import stability
+    from catapults.models import MLP
+
+    model = MLP(5, 1, width=16, depth=2, seed=0)
+    X, y = torch.randn(32, 5), torch.randn(32, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    mon = catapults.watch(model, opt, probe=(X, y), out=None, every=100, k=1)
+    expected = []
+    for i in range(5):
+        xb, yb = X[4 * i:4 * i + 4], y[4 * i:4 * i + 4]
+        expected.append(stability.critical_lr(model, xb, opt) if i else None)
+        loss = torch.nn.functional.mse_loss(model(xb), yb)
+        mon.step(loss, batch=(xb, yb))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    summary = mon.close()
+    rows = [r for r in mon.history if metrics.NTK_BATCH_ETA_CRIT in r]
+    assert rows[0][metrics.NTK_BATCH_EDGE] is None
+    for r, e in zip(rows[1:], expected[1:]):
+        assert r[metrics.NTK_BATCH_EDGE] == pytest.approx(e, rel=1e-4)
+    flagged = sum(e is not None and 0.05 > e for e in expected)
+    assert summary["monitors"]["ntk"]["batch_steps_above_critical"] == flagged

@@ -123,9 +123,24 @@ def test_unknown_optimizer_and_missing_parameters_are_refused():
     with pytest.raises(KernelError, match="RMSprop"):
         stability.critical_lr(model, X, torch.optim.RMSprop(model.parameters()))
     other = torch.nn.Linear(6, 2, dtype=torch.float64)
-    opt = torch.optim.Adam(other.parameters())
+    opt = _adam_state(other, X[:, :6], torch.zeros(len(X), 2, dtype=torch.float64), steps=1)
     with pytest.raises(KernelError, match="not in the optimizer"):
         stability.preconditioned_kernel(model, X, opt)
+
+
+def test_adam_before_its_first_step_has_no_edge_and_says_so():
+    """No second moments yet: critical_lr, the preconditioned kernel and the preconditioned
+    sharpness refuse with one message; after one step they answer."""
+    model, X, y = _problem(3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    assert not stability.adam_started(opt)
+    for call in (lambda: stability.critical_lr(model, X, opt),
+                 lambda: stability.preconditioned_kernel(model, X, opt),
+                 lambda: stability.preconditioned_sharpness(model, X, y, opt)):
+        with pytest.raises(KernelError, match="has not taken a step yet: it has no second"):
+            call()
+    _train(model, opt, X, y, 1)
+    assert stability.adam_started(opt) and math.isfinite(stability.critical_lr(model, X, opt))
 
 
 # ---- the true Hessian, preconditioned sharpness, batch sharpness ------------------------------

@@ -28,7 +28,7 @@ NTK_L_REST = "ntk/L_rest"
 NTK_L_TOP_BY_S = "ntk/L_top_by_s"    # L_top for s = 1..k (a list)
 NTK_BATCH_LAMBDA_MAX = "ntk/batch_lambda_max"
 NTK_BATCH_ETA_CRIT = "ntk/batch_eta_crit"  # b·c / λ_max(K_B) of update t's batch
-NTK_BATCH_EDGE = "ntk/batch_edge"  # the run's optimizer's critical rate on that batch (momentum)
+NTK_BATCH_EDGE = "ntk/batch_edge"  # the optimizer's own critical rate on the batch (momentum, Adam)
 AGOP_ALIGNMENT = "agop/alignment"
 SHARPNESS_HESSIAN = "sharpness/hessian"          # λ_max of the loss Hessian on the probe
 SHARPNESS_GN = "sharpness/gauss_newton"          # λ_max of its Gauss-Newton part, 2λ_max(K)/(n·c)

@@ -15,7 +15,13 @@ from catapults.curvature.hessian import (
     hvp_operator,
     preconditioned_sharpness,
 )
-from catapults.curvature.stability import critical_lr, optimizer_edge, preconditioned_kernel
+from catapults.curvature.stability import (
+    adam_started,
+    critical_lr,
+    optimizer_edge,
+    preconditioned_kernel,
+)
 
-__all__ = ["BatchSharpness", "batch_sharpness", "critical_lr", "hessian_top_eigenpairs",
-           "hvp_operator", "optimizer_edge", "preconditioned_kernel", "preconditioned_sharpness"]
+__all__ = ["BatchSharpness", "adam_started", "batch_sharpness", "critical_lr",
+           "hessian_top_eigenpairs", "hvp_operator", "optimizer_edge", "preconditioned_kernel",
+           "preconditioned_sharpness"]

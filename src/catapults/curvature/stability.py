@@ -25,7 +25,9 @@ adds ``w`` to every eigenvalue of ``H``; Adam's moments are read from the optimi
 (``v̂ = v / (1 − β₂^t)``); Adam's weight decay (coupled or AdamW's decoupled) is not part of
 the edge (``ignored_weight_decay`` in :func:`optimizer_edge`). Adam's edge treats
 the preconditioner as frozen and ignores the bias correction of the first moment (its value
-after many steps); before Adam's first step ``v = 0`` and ``P = ε``.
+after many steps). Before Adam's first step there are no second moments and no edge: the
+functions that need ``P`` refuse (:func:`adam_started` says whether it has stepped); a parameter
+that has never been stepped (no gradient yet) has ``v = 0``, ``P = ε``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from catapults.curvature.ntk_rules.generic import per_sample_jacobian
 from catapults.errors import KernelError
 from catapults.linalg.gram import gram
 
-__all__ = ["critical_lr", "edge_from_kernel", "optimizer_edge", "preconditioned_kernel"]
+__all__ = ["adam_started", "critical_lr", "edge_from_kernel", "optimizer_edge",
+           "preconditioned_kernel"]
 
 
 def optimizer_edge(optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
@@ -81,9 +84,21 @@ def edge_from_kernel(lam_max: float, nc: int, edge: dict[str, Any]) -> float:
     return edge["factor"] * 2 / lam_h if lam_h > 0 else math.inf
 
 
+def adam_started(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether an Adam-like optimizer has taken a step (some parameter has second moments)."""
+    return any(float(optimizer.state.get(p, {}).get("step", 0)) > 0
+               for g in optimizer.param_groups for p in g["params"])
+
+
 def _adam_scales(model: nn.Module, optimizer: torch.optim.Optimizer,
                  edge: dict[str, Any]) -> dict[str, Tensor]:
-    """``P⁻¹`` per trainable parameter name (``1 / (√v̂ + ε)``), from the optimizer's state."""
+    """``P⁻¹`` per trainable parameter name (``1 / (√v̂ + ε)``), from the optimizer's state.
+    Refuses an optimizer that has not stepped yet (no second moments, no preconditioner)."""
+    if not adam_started(optimizer):
+        raise KernelError(f"{type(optimizer).__name__} has not taken a step yet: it has no "
+                          "second moments, so its preconditioner P and its stability edge are "
+                          "not defined; measure after its first step (or pass optimizer=None "
+                          "for GD's edge)")
     by_id = {id(p): name for name, p in model.named_parameters()}
     scales: dict[str, Tensor] = {}
     for group in optimizer.param_groups:

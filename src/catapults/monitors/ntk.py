@@ -3,6 +3,7 @@ tracked during training."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,31 +11,39 @@ import torch
 from torch import Tensor, nn
 
 from catapults import metrics, ntk
-from catapults.curvature.stability import edge_from_kernel, optimizer_edge
+from catapults.curvature.stability import (
+    adam_started,
+    edge_from_kernel,
+    optimizer_edge,
+    preconditioned_kernel,
+)
 from catapults.errors import CatapultsError
 from catapults.training.callbacks import Callback, StepContext
 
 
-def _sgd_edge(optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
+def _own_edge(optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
     """The optimizer's edge when it differs from GD's on the plain kernel (SGD with momentum,
-    Nesterov or weight decay); None otherwise (plain SGD, Adam, whose edge is on the
-    preconditioned kernel, and optimizers without a known edge)."""
+    Nesterov or weight decay; Adam, whose edge is on the preconditioned kernel); None otherwise
+    (plain SGD, and optimizers without a known edge)."""
     if optimizer is None:
         return None
     try:
         edge = optimizer_edge(optimizer)
     except CatapultsError:
         return None
-    moving = edge["kind"] in ("momentum", "nesterov")
+    moving = edge["kind"] in ("momentum", "nesterov", "adam")
     return edge if moving or (edge["kind"] == "gd" and edge["weight_decay"] > 0) else None
 
 
 def batch_edge(row: dict[str, Any]) -> float:
     """The critical rate a row's lr is compared with for the early warning: the run's
-    optimizer's edge on the batch (``ntk/batch_edge``, momentum / Nesterov / weight decay) when
-    recorded, else ``ntk/batch_eta_crit`` (GD's)."""
-    v = row.get(metrics.NTK_BATCH_EDGE)
-    return v if v is not None else row[metrics.NTK_BATCH_ETA_CRIT]
+    optimizer's edge on the batch (``ntk/batch_edge``: momentum / Nesterov / weight decay /
+    Adam) when recorded, else ``ntk/batch_eta_crit`` (GD's). A row of Adam before its first
+    step has no edge (no second moments yet): ``inf``, never flagged."""
+    if metrics.NTK_BATCH_EDGE in row:
+        v = row[metrics.NTK_BATCH_EDGE]
+        return math.inf if v is None else v
+    return row[metrics.NTK_BATCH_ETA_CRIT]
 
 class NTKMonitor(Callback):
     """Track the empirical NTK spectrum and the top-eigenspace loss split.
@@ -124,15 +133,28 @@ class NTKMonitor(Callback):
             lam_b = float(torch.linalg.eigvalsh(Kb)[-1])
             row = {metrics.NTK_BATCH_LAMBDA_MAX: lam_b,
                    metrics.NTK_BATCH_ETA_CRIT: ntk.critical_rate(Kb.shape[0], lam_b)}
-            edge = _sgd_edge(state.optimizer)
+            edge = _own_edge(state.optimizer)
             if edge is not None:  # the early warning compares lr with the optimizer's own edge
-                row[metrics.NTK_BATCH_EDGE] = edge_from_kernel(lam_b, Kb.shape[0], edge)
+                row[metrics.NTK_BATCH_EDGE] = self._batch_edge(state, X, edge, lam_b, Kb.shape[0])
             record.update(row)
             self.batch_rows.append({"step": state.step, "lr": state.lr, **row})
         if self.X is not None and state.step % self.every == 0 and state.lr > 0:
             row = self.measure(state.model, state.lr)
             record.update(row)
             self.rows.append({"step": state.step, "lr": state.lr, **row})
+
+    @staticmethod
+    def _batch_edge(state: StepContext, X: Tensor, edge: dict[str, Any], lam_b: float,
+                    nc: int) -> float | None:
+        """The optimizer's critical rate on the batch ``X``: from ``λ_max(K_B)`` (``lam_b``),
+        or for Adam from the batch's preconditioned kernel ``J_B P⁻¹ J_Bᵀ`` with ``P`` as it is
+        now (None before Adam's first step: no second moments yet)."""
+        if edge["kind"] != "adam":
+            return edge_from_kernel(lam_b, nc, edge)
+        if not adam_started(state.optimizer):
+            return None
+        Kp = preconditioned_kernel(state.model, X, state.optimizer)
+        return edge_from_kernel(float(torch.linalg.eigvalsh(Kp)[-1]), nc, edge)
 
     def on_train_end(self, state: StepContext, summary: dict[str, Any]) -> None:
         out: dict[str, Any] = {"probe_size": 0 if self.X is None else int(self.X.shape[0]),

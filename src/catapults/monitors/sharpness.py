@@ -25,7 +25,7 @@ from catapults.curvature.hessian import (
     hessian_top_eigenpairs,
     preconditioned_sharpness,
 )
-from catapults.curvature.stability import optimizer_edge
+from catapults.curvature.stability import adam_started, optimizer_edge
 from catapults.training.callbacks import Callback, StepContext
 
 
@@ -58,9 +58,10 @@ class SharpnessMonitor(Callback):
                                metrics.SHARPNESS_GN: 2 * ntk.lambda_max(model, self.X) / nc}
         edge = optimizer_edge(optimizer)
         row[metrics.SHARPNESS_THRESHOLD] = 2 * edge["factor"] / lr if lr > 0 else None
-        if edge["kind"] == "adam":
-            row[metrics.SHARPNESS_PRECONDITIONED] = preconditioned_sharpness(
-                model, self.X, self.y, optimizer)
+        if edge["kind"] == "adam":  # none before Adam's first step (no second moments)
+            row[metrics.SHARPNESS_PRECONDITIONED] = (
+                preconditioned_sharpness(model, self.X, self.y, optimizer)
+                if adam_started(optimizer) else None)
         if self.batch_size:
             est = batch_sharpness(model, self.X, self.y, min(self.batch_size, len(self.X)),
                                   rel_se=self.batch_rel_se, max_batches=200,

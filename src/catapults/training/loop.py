@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from catapults import metrics
-from catapults.curvature.stability import critical_lr, optimizer_edge
+from catapults.curvature.stability import adam_started, critical_lr, optimizer_edge
 from catapults.data.tasks import Dataset
 from catapults.errors import CheckpointError, ConfigError
 from catapults.loggers import Logger
@@ -133,8 +133,7 @@ class Trainer:
         edge once it has second moments (before its first step, GD's edge: Adam's first steps
         are not its linearised dynamics)."""
         opt = self.optimizer
-        if optimizer_edge(opt)["kind"] == "adam" and not any(
-                opt.state.get(p) for g in opt.param_groups for p in g["params"]):
+        if optimizer_edge(opt)["kind"] == "adam" and not adam_started(opt):
             opt = None
         return critical_lr(self.model, X, opt)
 
