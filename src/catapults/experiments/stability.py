@@ -58,7 +58,7 @@ def _eos_setting(size: str, seed: int) -> tuple[dict[str, Any], dict[str, Any], 
     model = {"width": {"tiny": 32, "quick": 64, "full": 128}[size], "depth": 3,
              "activation": "tanh", "bias": True, "parameterization": "standard"}
     return (data, model, {"tiny": 250, "quick": 400, "full": 1500}[size],
-            {"tiny": 25, "quick": 20, "full": 10}[size])
+            {"tiny": 25, "quick": 25, "full": 10}[size])
 
 
 def _hover(series: list[tuple[int, float]], reach: float) -> tuple[int | None, float | None]:
