@@ -75,7 +75,8 @@ from catapults.storage.atomic import write_json_atomic
 __all__ = [
     "EXPERIMENTS", "RUNNERS", "SIZES", "THRESHOLDS", "BestRunReference", "Claim",
     "ExperimentResult", "exp_beyond", "exp_gd_multi", "exp_gd_single", "exp_real",
-    "exp_sgd_batch_size", "exp_sgd_spikes", "exp_stability", "format_claims", "make_claim", "reproduce", "spearman",
+    "exp_sgd_batch_size", "exp_sgd_spikes", "exp_stability", "format_claims", "make_claim",
+    "reproduce", "spearman",
 ]
 
 EXPERIMENTS = ("gd-single", "gd-multi", "sgd-spikes", "sgd-batch-size", "real", "beyond",
