@@ -35,12 +35,16 @@ SHARPNESS_GN = "sharpness/gauss_newton"          # λ_max of its Gauss-Newton pa
 SHARPNESS_PRECONDITIONED = "sharpness/preconditioned"  # λ_max(P⁻¹H) for Adam
 SHARPNESS_BATCH = "sharpness/batch"              # E_B[g_Bᵀ H_B g_B / |g_B|²]
 SHARPNESS_THRESHOLD = "sharpness/threshold"      # the optimizer's edge for the sharpness above
+# L_top with s = 1 in the top eigenvector of Adam's preconditioned kernel J P⁻¹ Jᵀ (reproduce
+# stability; the probe of the NTK monitor's split, whose ntk/L is the total)
+NTK_L_TOP_PRECONDITIONED = "ntk/L_top_preconditioned"
+NTK_L_TOP_PRECONDITIONED_FIXED = "ntk/L_top_preconditioned_fixed"  # its eigenvector of one step
 
 MEASUREMENTS: set[str] = {
     NTK_LAMBDA, NTK_ETA_CRIT, NTK_CRITICAL_LEVEL, NTK_S, NTK_L, NTK_L_TOP, NTK_L_REST,
     NTK_L_TOP_BY_S, NTK_BATCH_LAMBDA_MAX, NTK_BATCH_ETA_CRIT, NTK_BATCH_EDGE, AGOP_ALIGNMENT,
     SHARPNESS_HESSIAN, SHARPNESS_GN, SHARPNESS_PRECONDITIONED, SHARPNESS_BATCH,
-    SHARPNESS_THRESHOLD,
+    SHARPNESS_THRESHOLD, NTK_L_TOP_PRECONDITIONED, NTK_L_TOP_PRECONDITIONED_FIXED,
 }
 """Keys that monitors write; a row holding any of them is always logged."""
 

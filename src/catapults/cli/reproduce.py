@@ -10,7 +10,8 @@ import sys
 
 from catapults.cli.common import positive_int
 
-EXPERIMENT_NAMES = ("gd-single", "gd-multi", "sgd-spikes", "sgd-batch-size", "real", "beyond")
+EXPERIMENT_NAMES = ("gd-single", "gd-multi", "sgd-spikes", "sgd-batch-size", "real", "beyond",
+                    "stability")
 """The names of catapults.experiments.EXPERIMENTS, spelled here so that ``--help`` does not
 import torch (a test checks that the two lists agree)."""
 

@@ -21,6 +21,10 @@ The experiments, one module each (``RUNNERS`` runs them in this order):
 - ``beyond`` (:mod:`.beyond`): the seed's next checks and open questions: standard
   parameterisation on images, AGOP causality, catapults on demand and prevented, prediction,
   activations.
+- ``stability`` (:mod:`.stability`, :mod:`.stability_catapults`): each optimizer's own edge
+  (issue 14): GD's edge of stability (sharpness hovers at 2/eta), Adam's preconditioned
+  sharpness at 38/eta, catapults above the edge of momentum and Adam, SGD's batch sharpness
+  against 2/eta.
 
 :mod:`.claims` holds the claims, their thresholds and the ``claims.json`` document;
 :mod:`.common` what the experiments share (building a run, CSVs, AGOP alignment, figures, sizes).
@@ -61,6 +65,7 @@ from catapults.experiments.real import BestRunReference, exp_real
 from catapults.experiments.real import _real_tasks as _real_tasks
 from catapults.experiments.sgd_batch_size import exp_sgd_batch_size
 from catapults.experiments.sgd_spikes import exp_sgd_spikes
+from catapults.experiments.stability import exp_stability
 from catapults.storage.atomic import write_json_atomic
 
 # The public names, as catapults.experiments exported them when it was one module. The helpers
@@ -70,10 +75,12 @@ from catapults.storage.atomic import write_json_atomic
 __all__ = [
     "EXPERIMENTS", "RUNNERS", "SIZES", "THRESHOLDS", "BestRunReference", "Claim",
     "ExperimentResult", "exp_beyond", "exp_gd_multi", "exp_gd_single", "exp_real",
-    "exp_sgd_batch_size", "exp_sgd_spikes", "format_claims", "make_claim", "reproduce", "spearman",
+    "exp_sgd_batch_size", "exp_sgd_spikes", "exp_stability", "format_claims", "make_claim",
+    "reproduce", "spearman",
 ]
 
-EXPERIMENTS = ("gd-single", "gd-multi", "sgd-spikes", "sgd-batch-size", "real", "beyond")
+EXPERIMENTS = ("gd-single", "gd-multi", "sgd-spikes", "sgd-batch-size", "real", "beyond",
+               "stability")
 
 RUNNERS: dict[str, Callable[[Path, str], ExperimentResult]] = {
     "gd-single": exp_gd_single,
@@ -82,6 +89,7 @@ RUNNERS: dict[str, Callable[[Path, str], ExperimentResult]] = {
     "sgd-batch-size": exp_sgd_batch_size,
     "real": exp_real,
     "beyond": exp_beyond,
+    "stability": exp_stability,
 }
 
 

@@ -75,6 +75,32 @@ THRESHOLDS: dict[str, tuple[str, float]] = {
     "beyond/agop-causality-no-catapults": ("==", 0.0),
     "beyond/standard-top-share": (">=", 0.5),
     "beyond/standard-top-share-vs-linearized": (">", 0.0),
+    # `reproduce stability` (issue 14), fixed 2026-12-04 before results (no pilot run had
+    # computed any of these statistics). Edge of stability (Cohen et al. 2021), full-batch GD:
+    # the share of the lrs at which eta*lambda_max(H) first reaches 1.8 within the steps (at
+    # least 2 of 3), then the median of eta*lambda_max(H) from that step on lies in [1.7, 2.3]
+    # (2 = the edge), and the train loss keeps falling (final / at the first reach < 1).
+    "stability/eos-reaches-edge": (">=", 0.66),
+    "stability/eos-hover-low": (">=", 1.7),
+    "stability/eos-hover-high": ("<=", 2.3),
+    "stability/eos-loss-decreases": ("<", 1.0),
+    # Adam (Cohen et al. 2022), beta1 = 0.9: eta*lambda_max(P^-1 H)/38 first reaches 0.9, then
+    # its median lies in [0.85, 1.15] (the same relative band as GD's [1.7, 2.3] / 2)
+    "stability/adam-reaches-edge": (">=", 0.66),
+    "stability/adam-hover-low": (">=", 0.85),
+    "stability/adam-hover-high": ("<=", 1.15),
+    # catapults under momentum and Adam ("momentum:..." / "adam:..."), lr at 1.5x the optimizer's
+    # own edge against 0.9x (paired by seed), the thresholds of gd-single / gd-multi; the top
+    # share with s = 1 in the optimizer's kernel (K; J P^-1 J^T for Adam), SGD's 0.5
+    "stability/catapult-above-edge": (">=", 1.0),
+    "stability/none-below-edge": ("==", 0.0),
+    "stability/top-share-above-edge": (">=", 0.5),
+    "stability/test-loss-gain-vs-below-edge": (">", 0.0),
+    "stability/alignment-gain-vs-below-edge": (">", 0.0),
+    # SGD (Andreyev & Beneventano): eta x batch sharpness of the trained net ("bB:..." per batch
+    # size) in [1.5, 2.5] (2 = the edge; wider than GD's band for the batch noise)
+    "stability/batch-sharpness-low": (">=", 1.5),
+    "stability/batch-sharpness-high": ("<=", 2.5),
 }
 
 

@@ -1,0 +1,216 @@
+"""stability, part 3: catapults under heavy-ball momentum and Adam (issue 14; the seed's open
+question on other optimisers).
+
+The gd-single setting (x1*x2, a 2-layer ReLU MLP in the NTK parameterisation, full batch), with
+the learning rate raised to ``1.5 ×`` the run's *own optimizer's* edge (the ``critical``
+schedule, :func:`catapults.stability.critical_lr`: ``(1+β)·n·c/λ_max(K)`` for heavy ball with
+``β = 0.9``, ``19·n·c/λ_max(J P⁻¹ Jᵀ)`` for Adam with ``β₁ = 0.9``, ``P`` frozen at the raise)
+against the same seed at ``0.9 ×``. Momentum is raised at step 0; Adam trains ``ADAM_WARM``
+steps at lr ``ADAM_WARM_LR`` first (its edge needs second moments).
+
+Per seed: is there a catapult (a spike that recovers, events monitor; a divergence is none), how
+much of it lies in the top eigendirection (``s = 1``) of the optimizer's kernel (``K`` for
+momentum, whose edge is on ``K``; ``J P⁻¹ Jᵀ`` for Adam, :class:`PreconditionedSplit`) at the
+largest probe loss inside it, and the final test loss and AGOP alignment against the ``0.9 ×``
+run (paired by seed).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from catapults import metrics
+from catapults.curvature.stability import optimizer_edge, preconditioned_kernel
+from catapults.experiments.claims import Claim, make_claim
+from catapults.experiments.common import (
+    _cfg,
+    _final_features,
+    _plt,
+    _read_events,
+    _run,
+    _save,
+    _seeds,
+    _synthetic,
+    _synthetic_reference,
+)
+from catapults.experiments.stats import paired_differences
+from catapults.training.callbacks import Callback, StepContext
+
+ABOVE, BELOW = 1.5, 0.9
+"""Multiples of the optimizer's edge (fixed before the runs, as gd-single's 1.5x and 0.9x)."""
+ADAM_WARM_LR = 1e-3
+ADAM_WARM = {"tiny": 10, "quick": 20, "full": 20}
+OPTIMIZERS = ("momentum", "adam")
+
+
+class PreconditionedSplit(Callback):
+    """``ntk/L_top_preconditioned``: ``(u₁ᵀ r)²/(n·c)`` with ``u₁`` the top eigenvector of
+    Adam's preconditioned kernel ``J P⁻¹ Jᵀ`` (``(n·c) × (n·c)``, ``P`` from the optimizer's
+    state) on the step's batch (the full batch in GD-style runs) and ``r = f(X) − y``; every
+    ``every`` steps once Adam has second moments. Beside the NTK monitor's ``ntk/L``. From step
+    ``at`` on also ``ntk/L_top_preconditioned_fixed``: the same with ``u₁`` of step ``at`` kept
+    (the kernel whose frozen ``P`` defines the edge at a raise there)."""
+
+    name = "preconditioned-split"
+
+    def __init__(self, every: int = 1, at: int | None = None) -> None:
+        self.every, self.at = every, at
+        self.u_fixed: Tensor | None = None
+
+    def on_step_begin(self, state: StepContext, X: Tensor, y: Tensor,
+                      record: dict[str, Any]) -> None:
+        opt = state.optimizer
+        if (state.step % self.every or opt is None or optimizer_edge(opt)["kind"] != "adam"
+                or not any(opt.state.get(p) for g in opt.param_groups for p in g["params"])):
+            return
+        X, y = X.to(state.device, state.dtype), y.to(state.device, state.dtype)
+        Kp = preconditioned_kernel(state.model, X, opt)
+        _, vecs = torch.linalg.eigh(Kp.double())
+        with torch.no_grad():
+            r = (state.model(X).reshape(X.shape[0], -1) - y.reshape(X.shape[0], -1))
+        r = r.reshape(-1).double()
+        record[metrics.NTK_L_TOP_PRECONDITIONED] = float((vecs[:, -1] @ r) ** 2) / r.numel()
+        if self.at is not None and state.step >= self.at:
+            if self.u_fixed is None:
+                self.u_fixed = vecs[:, -1].clone()
+            record[metrics.NTK_L_TOP_PRECONDITIONED_FIXED] = (float((self.u_fixed @ r) ** 2)
+                                                              / r.numel())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"u_fixed": self.u_fixed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.u_fixed = state.get("u_fixed")
+
+
+def _run_one(out: Path, size: str, seed: int, opt: str, mult: float) -> dict[str, Any]:
+    data = _synthetic(size, seed)
+    raise_at = 0 if opt == "momentum" else ADAM_WARM[size]
+    train: dict[str, Any] = {
+        "optimizer": opt, "lr": 1.0 if opt == "momentum" else ADAM_WARM_LR, "seed": seed,
+        "steps": {"tiny": 80, "quick": 200, "full": 300}[size], "test_every": 50,
+        "schedule": {"kind": "critical", "milestones": [raise_at], "values": [mult]}}
+    if opt == "momentum":
+        train["momentum"] = 0.9
+    else:
+        train["betas"] = [0.9, 0.999]
+    cfg = _cfg(data=data, model={"width": {"tiny": 128, "quick": 256, "full": 1024}[size],
+                                 "depth": 2},
+               train=train, monitor={"ntk": {"enabled": True, "every": 1, "k": 5},
+                                     "events": {"enabled": True}},
+               output={"figures": False, "checkpoint": False})
+    res = _run(cfg, out / "runs" / f"{opt}-{mult:g}x-seed{seed}",
+               callbacks=[PreconditionedSplit(at=raise_at)] if opt == "adam" else None)
+    events = _read_events(res)
+    caps = [e for e in events if e.get("kind", "catapult") == "catapult" and e.get("recovered")]
+    G_ref, X_ref = _synthetic_reference(data)
+    row: dict[str, Any] = {"optimizer": opt, "multiple": mult, "seed": seed,
+                           "status": res.status, "raise_step": raise_at,
+                           "lr": next((r["lr"] for r in res.history if r["step"] == raise_at),
+                                      None),
+                           "events": len(events), "catapults": len(caps),
+                           "final_train_loss": res.summary.get("final_train_loss"),
+                           "final_test_loss": res.summary.get("final_test_loss"),
+                           **_final_features(res, G_ref, X_ref)}
+    row["catapult"] = float(res.status == "completed" and bool(caps))
+    row["top_share"] = row["top_share_K"] = row["top_share_fixed_at_raise"] = None
+    if caps and res.status == "completed":
+        ev = caps[0]
+        inside = [r for r in res.history if ev["start"] <= r["step"] <= ev["end"]
+                  and r.get(metrics.NTK_L) is not None and math.isfinite(r[metrics.NTK_L])
+                  and r[metrics.NTK_L] > 0]
+        if inside:
+            peak = max(inside, key=lambda r: r[metrics.NTK_L])
+            row["top_share_K"] = peak[metrics.NTK_L_TOP_BY_S][0] / peak[metrics.NTK_L]
+            top = (peak[metrics.NTK_L_TOP_BY_S][0] if opt == "momentum"
+                   else peak.get(metrics.NTK_L_TOP_PRECONDITIONED))
+            row["top_share"] = None if top is None else top / peak[metrics.NTK_L]
+            fixed = peak.get(metrics.NTK_L_TOP_PRECONDITIONED_FIXED)
+            row["top_share_fixed_at_raise"] = (None if fixed is None
+                                               else fixed / peak[metrics.NTK_L])
+            row["catapult_start"], row["catapult_peak_step"] = ev["start"], peak["step"]
+    curve = [{"optimizer": opt, "multiple": mult, "step": r["step"], "loss": r["loss"],
+              "L_top_1": (r[metrics.NTK_L_TOP_BY_S][0] if opt == "momentum" and
+                          r.get(metrics.NTK_L_TOP_BY_S) else
+                          r.get(metrics.NTK_L_TOP_PRECONDITIONED))}
+             for r in res.history] if seed == 0 else []
+    return {"row": row, "curve": curve}
+
+
+def exp_catapults(out: Path, size: str) -> tuple[list[Claim], list[dict[str, Any]], Path]:
+    """Part 3 (module docstring): claims per optimizer, one row per run, the figure."""
+    seeds = _seeds(size)
+    claims, rows, curves = [], [], []
+    for opt in OPTIMIZERS:
+        runs = {(m, s): _run_one(out, size, s, opt, m) for m in (ABOVE, BELOW) for s in seeds}
+        up = [runs[ABOVE, s]["row"] for s in seeds]
+        down = [runs[BELOW, s]["row"] for s in seeds]
+        rows += up + down
+        curves += [runs[m, seeds[0]]["curve"] for m in (ABOVE, BELOW)]
+        kernel = ("K (momentum's edge is on K)" if opt == "momentum"
+                  else "J P^-1 J^T (Adam's preconditioned kernel)")
+        control = f"the same seed at {BELOW}x the edge"
+
+        def ok(r: dict[str, Any]) -> bool:
+            return r["status"] == "completed"
+
+        test = paired_differences([d["final_test_loss"] if ok(d) else None for d in down],
+                                  [u["final_test_loss"] if ok(u) else None for u in up])
+        align = paired_differences([u["agop_alignment"] for u in up],
+                                   [d["agop_alignment"] for d in down])
+        name = f"catapult ({opt})"
+        why = (None if any(u["catapult"] for u in up) else
+               f"no run at {ABOVE}x the edge completed with a catapult (statuses: "
+               + ", ".join(u["status"] for u in up) + ")")
+        claims += [
+            make_claim(f"{opt}:stability/catapult-above-edge", name,
+                       f"1 if the run at {ABOVE}x the edge completes with a catapult, else 0 "
+                       "(a divergence is none)", [u["catapult"] for u in up],
+                       statuses=[u["status"] for u in up], catapults=[u["catapults"] for u in up]),
+            make_claim(f"{opt}:stability/none-below-edge", name,
+                       f"events (catapults or divergence) detected at {BELOW}x the edge",
+                       [float(d["events"]) for d in down], control=control),
+            make_claim(f"{opt}:stability/top-share-above-edge", name,
+                       "L_top / L (s = 1) at the largest probe loss of the first catapult",
+                       [u["top_share"] for u in up], reason=why,
+                       basis=f"the top eigenvector of {kernel} of each step",
+                       top_share_plain_K=[u["top_share_K"] for u in up],
+                       top_share_fixed_at_raise=[u["top_share_fixed_at_raise"] for u in up]),
+            make_claim(f"{opt}:stability/test-loss-gain-vs-below-edge", name,
+                       f"final test loss at {BELOW}x - at {ABOVE}x the edge (paired by seed)",
+                       test, control=control, reason=why),
+            make_claim(f"{opt}:stability/alignment-gain-vs-below-edge", name,
+                       f"AGOP alignment at {ABOVE}x - at {BELOW}x the edge (paired by seed)",
+                       align, control=control, reason=why),
+        ]
+    return claims, rows, _fig_catapults(curves, out / "stability-catapults.png")
+
+
+def _fig_catapults(curves: list[list[dict[str, Any]]], path: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(OPTIMIZERS), figsize=(12, 4.2))
+    for ax, opt in zip(axes, OPTIMIZERS):
+        for curve in curves:
+            if not curve or curve[0]["optimizer"] != opt:
+                continue
+            mult = curve[0]["multiple"]
+            color = "C3" if mult == ABOVE else "C0"
+            steps = [r["step"] for r in curve if math.isfinite(r["loss"])]
+            ax.plot(steps, [max(r["loss"], 1e-16) for r in curve if math.isfinite(r["loss"])],
+                    color=color, label=f"L at {mult}x the edge")
+            top = [(r["step"], r["L_top_1"]) for r in curve if r["L_top_1"] is not None
+                   and math.isfinite(r["L_top_1"])]
+            if mult == ABOVE and top:
+                ax.plot([s for s, _ in top], [max(v, 1e-16) for _, v in top], ":", color=color,
+                        label="L_top (s = 1) at 1.5x")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("train loss")
+        ax.set_title(f"{opt}: lr raised to a multiple of its own edge (seed 0)")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
