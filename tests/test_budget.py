@@ -34,6 +34,9 @@ HUGE = [
     ({"data": {"n_train": 20_000}, "train": {"optimizer": "sgd", "batch_size": 8},
       "monitor": {"ntk": {"enabled": True, "probe_size": 20_000, "method": "dense",
                           "batch": False}}}, "monitor.ntk.probe_size"),
+    ({"data": {"n_train": 20_000},
+      "monitor": {"sharpness": {"enabled": True, "probe_size": 20_000}}},
+     "monitor.sharpness.probe_size"),
     ({"data": {"d": 20_000, "n_train": 8, "n_test": 8}, "model": {"width": 4},
       "monitor": {"agop": {"enabled": True}}}, "data.d"),
     ({"data": {"name": "digits", "image_size": 32, "n_train": 1500, "n_test": 10},
@@ -88,6 +91,16 @@ def test_kernel_estimate_bounds_the_kernel():
     cfg = _config(monitor={"ntk": {"enabled": True}}, data={"n_train": 64})
     part = next(p for p in estimate(cfg) if "NTK" in p.what)
     assert part.bytes >= 64 * 64 * 4  # at least K itself in float32
+
+
+def test_sharpness_estimate_bounds_its_largest_objects():
+    """At least the Gauss-Newton kernel on the probe (float32) and one float64 vector per
+    Krylov basis column of the size of θ."""
+    cfg = _config(monitor={"sharpness": {"enabled": True, "probe_size": 50}},
+                  data={"n_train": 64}, model={"depth": 2, "width": 64})
+    part = next(p for p in estimate(cfg) if "sharpness" in p.what)
+    p = sum(t.numel() for t in build_model(runs.model_spec(cfg, _data(cfg))).parameters())
+    assert part.bytes >= 50 * 50 * 4 + 52 * p * 8 and part.field == "monitor.sharpness.probe_size"
 
 
 def test_budget_names_no_field_when_it_fits(monkeypatch):

@@ -246,6 +246,8 @@ def estimate(config: Any) -> list[Part]:
             parts.append(Part(f"the NTK monitor's batch kernels (({b * c:,})²)",
                               (b * c) ** 2 * (s + 16) + b * (d + hidden) * s * 2,
                               "train.batch_size", b))
+    if mon.sharpness.enabled:
+        parts.append(_sharpness_part(mon.sharpness, n, c, p, d + hidden + c, s))
     if train.schedule.kind == "critical":
         m = min(n, CRITICAL_POINTS)
         parts.append(Part(f"the critical schedule's kernel on {m:,} points",
@@ -260,6 +262,23 @@ def estimate(config: Any) -> list[Part]:
         parts.append(Part(f"the AGOP monitor's per-sample input Jacobians ({k:,} x {c} x {d:,})",
                           2 * k * c * d * s, *field))
     return parts
+
+
+KRYLOV_VECTORS = 120
+"""Vectors of the size of θ (float64) a Hessian eigen-solve holds: its block Krylov basis (13
+blocks of 4), the block products and workspace (catapults.linalg.eigen)."""
+
+
+def _sharpness_part(cfg: Any, n: int, c: int, p: int, width: int, s: int) -> Part:
+    """The sharpness monitor: the Hessian eigen-solve's basis, the activations of a
+    Hessian-vector product over a block of 4 vectors on the probe (forward, backward and the
+    forward-over-reverse tangents), and the dense Gauss-Newton kernel on the probe."""
+    m = min(cfg.probe_size or min(n, 256), n)
+    need = KRYLOV_VECTORS * p * 8 + 4 * 3 * m * width * s + (m * c) ** 2 * (s + 16)
+    field = ("monitor.sharpness.probe_size",
+             m if cfg.probe_size else f"unset (the probe is {m:,} training samples)")
+    return Part(f"the sharpness monitor's Hessian solve and Gauss-Newton kernel on {m:,} probe "
+                "points", need, *field)
 
 
 def check(config: Any, budget: Budget | None = None) -> None:
