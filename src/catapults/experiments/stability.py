@@ -93,14 +93,16 @@ def _sharp_run(out: Path, size: str, seed: int, kind: str, level: float) -> dict
                "lambda_gn": r[metrics.SHARPNESS_GN], "threshold": r[metrics.SHARPNESS_THRESHOLD],
                "eta_lambda_hessian": lr * r[metrics.SHARPNESS_HESSIAN],
                "eta_lambda_gn": lr * r[metrics.SHARPNESS_GN]}
-        if kind == "adam":
-            row["lambda_preconditioned"] = r[metrics.SHARPNESS_PRECONDITIONED]
-            row["eta_lambda_preconditioned_over_38"] = lr * r[metrics.SHARPNESS_PRECONDITIONED] / 38
+        if kind == "adam":  # none at step 0: no second moments yet
+            pre = r.get(metrics.SHARPNESS_PRECONDITIONED)
+            row["lambda_preconditioned"] = pre
+            row["eta_lambda_preconditioned_over_38"] = None if pre is None else lr * pre / 38
         rows.append(row)
     key, reach = (("eta_lambda_hessian", EOS_REACH) if kind == "gd"
                   else ("eta_lambda_preconditioned_over_38", ADAM_REACH))
-    # Adam's measurement at step 0 has no second moments (P = eps): not its dynamics
-    series = [(r["step"], r[key]) for r in rows if kind == "gd" or r["step"] > 0]
+    # Adam's measurement at step 0 has no second moments (no P): not its dynamics
+    series = [(r["step"], r[key]) for r in rows
+              if (kind == "gd" or r["step"] > 0) and r[key] is not None]
     # a run that diverged did not stay at the edge: it counts as not reaching it
     t0, med = _hover(series, reach) if res.status == "completed" else (None, None)
     loss_at = {r["step"]: r["loss"] for r in res.history}
@@ -236,7 +238,8 @@ def _fig_edge(rows: list[dict[str, Any]], kind: str, path: Path) -> Path:
     seed0 = [r for r in rows if r["seed"] == min((r["seed"] for r in rows), default=0)]
     key, factor = (("lambda_hessian", 2.0) if kind == "gd" else ("lambda_preconditioned", 38.0))
     for i, level in enumerate(sorted({r["level"] for r in seed0})):
-        mine = [r for r in seed0 if r["level"] == level and (kind == "gd" or r["step"] > 0)]
+        mine = [r for r in seed0 if r["level"] == level and r.get(key) is not None
+                and (kind == "gd" or r["step"] > 0)]
         if not mine:
             continue
         steps, lr = [r["step"] for r in mine], mine[0]["lr"]

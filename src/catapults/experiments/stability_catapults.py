@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from catapults import metrics
-from catapults.curvature.stability import optimizer_edge, preconditioned_kernel
+from catapults.curvature.stability import adam_started, optimizer_edge, preconditioned_kernel
 from catapults.experiments.claims import Claim, make_claim
 from catapults.experiments.common import (
     _cfg,
@@ -66,7 +66,7 @@ class PreconditionedSplit(Callback):
                       record: dict[str, Any]) -> None:
         opt = state.optimizer
         if (state.step % self.every or opt is None or optimizer_edge(opt)["kind"] != "adam"
-                or not any(opt.state.get(p) for g in opt.param_groups for p in g["params"])):
+                or not adam_started(opt)):
             return
         X, y = X.to(state.device, state.dtype), y.to(state.device, state.dtype)
         Kp = preconditioned_kernel(state.model, X, opt)
