@@ -129,3 +129,50 @@ def test_the_early_warning_uses_adams_preconditioned_edge_of_each_batch():
         assert r[metrics.NTK_BATCH_EDGE] == pytest.approx(e, rel=1e-4)
     flagged = sum(e is not None and 0.05 > e for e in expected)
     assert summary["monitors"]["ntk"]["batch_steps_above_critical"] == flagged
+
+
+def test_tracking_follows_lambda_max_with_one_product_per_measurement():
+    """method='track' on a GD run measured every step: after the first (Lanczos) solve each
+    measurement is one Hessian-vector product; the tracked value never exceeds the dense
+    float64 lambda_max and comes within its recorded residual bound of it."""
+    from catapults.curvature import hessian
+    from catapults.models import MLP
+    from catapults.monitors import SharpnessMonitor
+
+    torch.manual_seed(0)
+    model = MLP(4, 1, width=12, depth=2, activation="tanh", seed=0).double()
+    X = torch.randn(40, 4, dtype=torch.float64)
+    y = (X[:, :1] * X[:, 1:2]).double()
+    mon = SharpnessMonitor(X, y, method="track", gauss_newton=False, every=1)
+    products = []
+    real = hessian.hvp_operator
+
+    def counting(*args):
+        mv, p = real(*args)
+        return (lambda V: products.append(1 if V.dim() == 1 else V.shape[1]) or mv(V)), p
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for step in range(12):
+        hessian.hvp_operator = counting
+        try:
+            before = len(products)
+            row = mon.measure(model, 0.05, opt)
+            used = sum(products[before:])
+        finally:
+            hessian.hvp_operator = real
+        H = dense_mse_hessian(model, X, y)
+        top = float(torch.linalg.eigvalsh(H)[-1])
+        lam = row[metrics.SHARPNESS_HESSIAN]
+        assert lam <= top * (1 + 1e-10)
+        if step > 0 and row[metrics.SHARPNESS_HESSIAN_RESIDUAL] is not None:
+            assert used == 1
+            assert top - lam <= row[metrics.SHARPNESS_HESSIAN_RESIDUAL] * abs(lam) + 1e-12
+        assert metrics.SHARPNESS_GN not in row
+        loss = torch.nn.functional.mse_loss(model(X), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tracked = [r for r in [row] if r[metrics.SHARPNESS_HESSIAN_RESIDUAL] is not None]
+    assert tracked and tracked[-1][metrics.SHARPNESS_HESSIAN_RESIDUAL] < 0.05
+    with pytest.raises(ValueError, match="method"):
+        SharpnessMonitor(X, y, method="power")

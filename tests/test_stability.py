@@ -234,3 +234,42 @@ def test_the_critical_schedule_uses_the_optimizers_own_edge(tmp_path, optimizer,
     fresh = build_model(model_spec(config, data))  # the run's initial network
     gd_edge = reference_critical_lr(fresh, data.X_train)
     assert res.history[0]["lr"] == pytest.approx(0.5 * factor * gd_edge, rel=1e-4)
+
+
+def test_top_algebraic_of_an_indefinite_operator_needs_no_shift():
+    """The solver orders Ritz values algebraically: with no shift it finds the top of an
+    operator whose most negative eigenvalue is 4x larger in magnitude, as the shifted one does."""
+    from catapults.curvature.hessian import _top_algebraic
+
+    g = torch.Generator().manual_seed(5)
+    Q, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=torch.float64))
+    vals = torch.cat([torch.tensor([-12.0, -11.0]), torch.linspace(-2, 2.5, 296),
+                      torch.tensor([2.9, 3.0])]).double()
+    A = (Q * vals) @ Q.T
+    for shift in (0.0, None):
+        top, vecs = _top_algebraic(A.__matmul__, 300, 2, device=torch.device("cpu"),
+                                   shift=shift, tol=1e-10)
+        assert torch.allclose(top, torch.tensor([3.0, 2.9], dtype=torch.float64), atol=1e-8)
+        assert (A @ vecs - vecs * top).norm() < 1e-7
+
+
+def test_power_step_against_the_dense_hessian():
+    """theta = v'Hv, the residual |Hv - theta v|/|theta| and v_next = Hv/|Hv| of the dense
+    float64 Hessian; repeated steps from a fresh vector converge to lambda_max."""
+    torch.manual_seed(1)
+    model = MLP(3, 1, width=10, depth=2, activation="tanh", seed=1).double()
+    X = torch.randn(30, 3, dtype=torch.float64)
+    y = torch.randn(30, 1, dtype=torch.float64)
+    H = dense_mse_hessian(model, X, y)
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    v = v / v.norm()
+    theta, res, nxt = stability.hessian_power_step(model, X, y, v)
+    Hv = H @ v
+    assert theta == pytest.approx(float(v @ Hv), rel=1e-10)
+    assert res == pytest.approx(float((Hv - theta * v).norm()) / abs(theta), rel=1e-8)
+    assert torch.allclose(nxt, Hv / Hv.norm(), atol=1e-10)
+    evals = torch.linalg.eigvalsh(H)
+    for _ in range(300):
+        theta, res, v = stability.hessian_power_step(model, X, y, v)
+    assert abs(evals[-1]) > abs(evals[0])  # the power step follows the largest magnitude
+    assert theta == pytest.approx(float(evals[-1]), rel=1e-6)

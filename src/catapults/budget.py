@@ -274,7 +274,8 @@ def _sharpness_part(cfg: Any, n: int, c: int, p: int, width: int, s: int) -> Par
     Hessian-vector product over a block of 4 vectors on the probe (forward, backward and the
     forward-over-reverse tangents), and the dense Gauss-Newton kernel on the probe."""
     m = min(cfg.probe_size or min(n, 256), n)
-    need = KRYLOV_VECTORS * p * 8 + 4 * 3 * m * width * s + (m * c) ** 2 * (s + 16)
+    need = (KRYLOV_VECTORS * p * 8 + 4 * 3 * m * width * s
+            + ((m * c) ** 2 * (s + 16) if cfg.gauss_newton else 0))
     field = ("monitor.sharpness.probe_size",
              m if cfg.probe_size else f"unset (the probe is {m:,} training samples)")
     return Part(f"the sharpness monitor's Hessian solve and Gauss-Newton kernel on {m:,} probe "

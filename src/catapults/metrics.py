@@ -31,6 +31,7 @@ NTK_BATCH_ETA_CRIT = "ntk/batch_eta_crit"  # b·c / λ_max(K_B) of update t's ba
 NTK_BATCH_EDGE = "ntk/batch_edge"  # the optimizer's own critical rate on the batch (momentum, Adam)
 AGOP_ALIGNMENT = "agop/alignment"
 SHARPNESS_HESSIAN = "sharpness/hessian"          # λ_max of the loss Hessian on the probe
+SHARPNESS_HESSIAN_RESIDUAL = "sharpness/hessian_residual"  # |Hu - θu| / |θ| of that value
 SHARPNESS_GN = "sharpness/gauss_newton"          # λ_max of its Gauss-Newton part, 2λ_max(K)/(n·c)
 SHARPNESS_PRECONDITIONED = "sharpness/preconditioned"  # λ_max(P⁻¹H) for Adam
 SHARPNESS_BATCH = "sharpness/batch"              # E_B[g_Bᵀ H_B g_B / |g_B|²]
@@ -43,7 +44,8 @@ NTK_L_TOP_PRECONDITIONED_FIXED = "ntk/L_top_preconditioned_fixed"  # its eigenve
 MEASUREMENTS: set[str] = {
     NTK_LAMBDA, NTK_ETA_CRIT, NTK_CRITICAL_LEVEL, NTK_S, NTK_L, NTK_L_TOP, NTK_L_REST,
     NTK_L_TOP_BY_S, NTK_BATCH_LAMBDA_MAX, NTK_BATCH_ETA_CRIT, NTK_BATCH_EDGE, AGOP_ALIGNMENT,
-    SHARPNESS_HESSIAN, SHARPNESS_GN, SHARPNESS_PRECONDITIONED, SHARPNESS_BATCH,
+    SHARPNESS_HESSIAN, SHARPNESS_HESSIAN_RESIDUAL, SHARPNESS_GN, SHARPNESS_PRECONDITIONED,
+    SHARPNESS_BATCH,
     SHARPNESS_THRESHOLD, NTK_L_TOP_PRECONDITIONED, NTK_L_TOP_PRECONDITIONED_FIXED,
 }
 """Keys that monitors write; a row holding any of them is always logged."""

@@ -108,7 +108,10 @@ def build_monitors(config: RunConfig, data: Dataset) -> list[Callback]:
         size = min(m.sharpness.probe_size or 256, data.X_train.shape[0])
         monitors.append(SharpnessMonitor(data.X_train[:size], data.y_train[:size],
                                          every=m.sharpness.every,
-                                         batch_size=m.sharpness.batch_size))
+                                         batch_size=m.sharpness.batch_size,
+                                         method=m.sharpness.method,
+                                         track_tol=m.sharpness.track_tol,
+                                         gauss_newton=m.sharpness.gauss_newton))
     if m.events.enabled:
         monitors.append(EventsMonitor(ratio=m.events.height, window=m.events.window,
                                       return_ratio=m.events.return_ratio,

@@ -11,6 +11,7 @@ sharpness in :mod:`catapults.curvature.hessian`.
 from catapults.curvature.hessian import (
     BatchSharpness,
     batch_sharpness,
+    hessian_power_step,
     hessian_top_eigenpairs,
     hvp_operator,
     preconditioned_sharpness,
@@ -23,5 +24,6 @@ from catapults.curvature.stability import (
 )
 
 __all__ = ["BatchSharpness", "adam_started", "batch_sharpness", "critical_lr",
-           "hessian_top_eigenpairs", "hvp_operator", "optimizer_edge", "preconditioned_kernel",
+           "hessian_power_step", "hessian_top_eigenpairs", "hvp_operator", "optimizer_edge",
+           "preconditioned_kernel",
            "preconditioned_sharpness"]

@@ -296,6 +296,14 @@ class SharpnessMonitorConfig(_Section):
     batch_size: int | None = Field(
         None, ge=1, le=2**31, description="Also the batch sharpness E_B[g^T H_B g / |g|^2] over "
         "random batches of this size from the probe (None: not measured).")
+    method: Literal["lanczos", "track"] = Field(
+        "lanczos", description="lambda_max(H) by warm-started Lanczos to the dtype's precision, "
+        "or 'track': one Hessian-vector product per measurement (Rayleigh quotient and a power "
+        "step, re-solved when the residual exceeds track_tol): for measuring every step.")
+    track_tol: float = Field(0.05, gt=0.0, lt=1.0, description="'track': the relative residual "
+                             "above which a Lanczos solve replaces the power step.")
+    gauss_newton: bool = Field(True, description="Also record sharpness/gauss_newton (a dense "
+                               "kernel on the probe each measurement).")
 
 
 class MonitorConfig(_Section):

@@ -8,9 +8,16 @@ model linear in θ and differs for a nonlinear net by the residual-weighted seco
 - :func:`hessian_top_eigenpairs`: the top-``k`` (largest, algebraic) eigenpairs of ``H`` by
   restarted block Lanczos (:func:`catapults.linalg.eigen.block_krylov_top`) on
   ``V ↦ H V + σ V``, ``V`` a block of vectors, each product one forward-over-reverse pass per
-  column (``jvp`` of ``grad``, batched with ``vmap``). ``σ`` (default: an estimate of
-  ``|λ_min|`` from a short run on ``−H``) makes the shifted operator positive semi-definite, as
-  the solver assumes; ``v0`` warm-starts from previous eigenvectors.
+  column (``jvp`` of ``grad``, batched with ``vmap``); ``v0`` warm-starts from previous
+  eigenvectors. No shift by default: the solver's Rayleigh-Ritz step orders Ritz values
+  algebraically, so the top of an indefinite ``H`` converges as it is (``shift=None`` first
+  estimates ``|λ_min|`` by a short run on ``−H`` and solves on ``H + σI``; that run cost about
+  three times the solve itself, warm or cold). The default tolerance follows the model's
+  dtype: ``1e-8`` in float64, ``10·eps ≈ 1.2e-6`` in float32, whose products are no more
+  accurate (a float32 solve at ``1e-8`` never stopped before its restart limit).
+- :func:`hessian_power_step`: one Hessian-vector product per call, for tracking ``λ_max``
+  every training step: the Rayleigh quotient of the previous vector, its residual, and one
+  power-iteration step.
 - :func:`preconditioned_sharpness`: ``λ_max(P^{-1/2} H P^{-1/2})`` with Adam's ``P = diag(√v̂ +
   ε)``; Adam is stable while it is below ``(2 + 2β₁)/((1 − β₁) η)`` (38/η at β₁ = 0.9).
 - :func:`batch_sharpness`: ``E_B[g_Bᵀ H_B g_B / ‖g_B‖²]`` over random batches of size ``b``
@@ -33,8 +40,8 @@ from catapults.curvature.stability import _adam_scales, optimizer_edge
 from catapults.errors import KernelError
 from catapults.linalg.eigen import block_krylov_top
 
-__all__ = ["BatchSharpness", "batch_sharpness", "hessian_top_eigenpairs", "hvp_operator",
-           "preconditioned_sharpness"]
+__all__ = ["BatchSharpness", "batch_sharpness", "hessian_power_step", "hessian_top_eigenpairs",
+           "hvp_operator", "preconditioned_sharpness"]
 
 
 def _flat_loss(model: nn.Module, X: Tensor, y: Tensor) -> tuple[Callable[[Tensor], Tensor],
@@ -78,26 +85,55 @@ def hvp_operator(model: nn.Module, X: Tensor, y: Tensor) -> tuple[Callable[[Tens
     return mv, theta.numel()
 
 
+def _default_tol(model: nn.Module) -> float:
+    dtype = next((q.dtype for q in model.parameters() if q.is_floating_point()), torch.float64)
+    return max(1e-8, 10 * torch.finfo(dtype).eps)
+
+
 def hessian_top_eigenpairs(model: nn.Module, X: Tensor, y: Tensor, k: int = 1, *,
                            loss: str = "mse", v0: Tensor | None = None,
-                           shift: float | None = None, tol: float = 1e-8
+                           shift: float | None = 0.0, tol: float | None = None
                            ) -> tuple[Tensor, Tensor]:
     """The top-``k`` eigenvalues (descending, ``(k,)``) and orthonormal eigenvectors
     (``(p, k)``, ``p`` the trainable parameters in ``named_parameters`` order) of the Hessian of
-    the mean-MSE loss on ``(X, y)``, matrix-free (module docstring). Float64 solver arithmetic.
+    the mean-MSE loss on ``(X, y)``, matrix-free (module docstring). Float64 solver arithmetic;
+    ``tol`` bounds each relative residual ``‖Hu − θu‖/|θ|`` (default by the model's dtype).
     """
     if loss != "mse":
         raise KernelError(f"hessian_top_eigenpairs: loss {loss!r} (only 'mse')")
     mv, p = hvp_operator(model, X, y)
     return _top_algebraic(lambda V: mv(V).double(), p, k, device=X.device, v0=v0, shift=shift,
-                          tol=tol)
+                          tol=_default_tol(model) if tol is None else tol)
+
+
+def hessian_power_step(model: nn.Module, X: Tensor, y: Tensor, v: Tensor
+                       ) -> tuple[float, float, Tensor]:
+    """One Hessian-vector product at the model's current parameters: ``(θ, residual, v_next)``
+    with ``θ = vᵀHv`` the Rayleigh quotient of the unit vector ``v`` (``(p,)``, float64),
+    ``residual = ‖Hv − θv‖ / |θ|``, and ``v_next = Hv / ‖Hv‖`` (a power-iteration step).
+
+    For tracking ``λ_max(H)`` during training at the cost of one product per measurement,
+    warm from the previous measurement's vector: ``θ ≤ λ_max`` always, and some eigenvalue
+    lies within ``residual·|θ|`` of ``θ`` (``λ_max − θ <= residual²·θ²/gap`` once ``v`` is
+    close to the top eigenvector, ``gap`` to the second eigenvalue). Power iteration follows
+    the eigenvalue of largest magnitude: start it from :func:`hessian_top_eigenpairs`'s vector
+    and re-solve when the residual grows (as the sharpness monitor's ``track`` method does)."""
+    mv, p = hvp_operator(model, X, y)
+    v = v.detach().to(device=X.device, dtype=torch.float64).reshape(p)
+    v = v / v.norm()
+    w = mv(v).double()
+    theta = float(v @ w)
+    res = float((w - theta * v).norm()) / abs(theta) if theta != 0 else math.inf
+    norm = w.norm()
+    return theta, res, (w / norm if norm > 0 else v)
 
 
 def _top_algebraic(op: Callable[[Tensor], Tensor], p: int, k: int, *,
-                   device: torch.device, v0: Tensor | None = None, shift: float | None = None,
+                   device: torch.device, v0: Tensor | None = None, shift: float | None = 0.0,
                    tol: float = 1e-8) -> tuple[Tensor, Tensor]:
     """Top-``k`` algebraic eigenpairs of a symmetric (possibly indefinite) operator ``op`` by
-    the PSD solver on ``op + σ I``; ``σ`` (default) ≈ 1.1 |λ_min| from a short run on ``-op``."""
+    the block Krylov solver on ``op + σ I`` (``σ = 0`` by default; ``None``: ``σ ≈ 1.1
+    |λ_min|`` from a short run on ``-op``)."""
     if shift is None:
         neg, _ = block_krylov_top(lambda V: -op(V), p, 1, tol=1e-2, max_blocks=6,
                                   max_restarts=2, device=device)
@@ -109,7 +145,8 @@ def _top_algebraic(op: Callable[[Tensor], Tensor], p: int, k: int, *,
 
 
 def preconditioned_sharpness(model: nn.Module, X: Tensor, y: Tensor,
-                             optimizer: torch.optim.Optimizer, *, tol: float = 1e-8) -> float:
+                             optimizer: torch.optim.Optimizer, *, tol: float | None = None
+                             ) -> float:
     """``λ_max(P^{-1/2} H P^{-1/2})`` (= the top eigenvalue of ``P⁻¹H``) for Adam / AdamW's
     ``P = diag(√v̂ + ε)`` read from ``optimizer``'s state."""
     edge = optimizer_edge(optimizer)
@@ -124,7 +161,8 @@ def preconditioned_sharpness(model: nn.Module, X: Tensor, y: Tensor,
     def pre(V: Tensor) -> Tensor:
         return d[:, None] * mv(d[:, None] * V).double()
 
-    vals, _ = _top_algebraic(pre, p, 1, device=X.device, tol=tol)
+    vals, _ = _top_algebraic(pre, p, 1, device=X.device, shift=0.0,
+                             tol=_default_tol(model) if tol is None else tol)
     return float(vals[0])
 
 

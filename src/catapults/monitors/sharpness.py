@@ -3,13 +3,24 @@ the optimizer's own edge (issue 14; :mod:`catapults.curvature.hessian`,
 :mod:`catapults.curvature.stability`).
 
 Every ``every`` steps, on a fixed probe ``(X, y)`` at ``θ_t`` before update ``t``:
-``sharpness/hessian`` (``λ_max(∇²L)``, warm-started Lanczos), ``sharpness/gauss_newton``
-(``2 λ_max(K) / (n·c)``), for Adam ``sharpness/preconditioned`` (``λ_max(P⁻¹H)``), with
+``sharpness/hessian`` (``λ_max(∇²L)``) with the relative residual of a tracked value
+``sharpness/hessian_residual``, ``sharpness/gauss_newton`` (``2 λ_max(K) / (n·c)``; off with
+``gauss_newton=False``), for Adam ``sharpness/preconditioned`` (``λ_max(P⁻¹H)``), with
 ``batch_size`` the batch sharpness ``sharpness/batch`` (Monte Carlo over batches of the probe),
 and ``sharpness/threshold``: the sharpness at which the optimizer with the current learning
 rate loses stability (GD ``2/η``, heavy ball ``(2+2β)/η``, Nesterov ``(2+2β)/((1+2β)η)``, Adam
 ``(2+2β₁)/((1−β₁)η)`` for the preconditioned sharpness). The edge-of-stability picture:
 sharpness rises to the threshold and hovers there.
+
+``method`` chooses how ``λ_max(H)`` is found:
+
+- ``"lanczos"`` (default): block Lanczos to the dtype's precision, warm-started from the last
+  eigenvector (a few block products of 4 vectors per measurement);
+- ``"track"``: one Hessian-vector product per measurement (the cost for measuring every
+  step): the Rayleigh quotient of the last vector and a power step
+  (:func:`~catapults.curvature.hessian.hessian_power_step`); a Lanczos solve at the first
+  measurement and whenever the residual exceeds ``track_tol`` (default 0.05). The Rayleigh
+  quotient never exceeds ``λ_max``; the recorded residual says how close it is.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from torch import Tensor
 from catapults import metrics, ntk
 from catapults.curvature.hessian import (
     batch_sharpness,
+    hessian_power_step,
     hessian_top_eigenpairs,
     preconditioned_sharpness,
 )
@@ -34,12 +46,21 @@ class SharpnessMonitor(Callback):
 
     name = "sharpness"
 
+    METHODS = ("lanczos", "track")
+
     def __init__(self, X: Tensor, y: Tensor, *, every: int = 10,
-                 batch_size: int | None = None, batch_rel_se: float = 0.05) -> None:
+                 batch_size: int | None = None, batch_rel_se: float = 0.05,
+                 method: str = "lanczos", track_tol: float = 0.05,
+                 gauss_newton: bool = True) -> None:
         if int(every) < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if method not in self.METHODS:
+            raise ValueError(f"method must be one of {', '.join(self.METHODS)}, got {method!r}")
+        if not 0 < track_tol < 1:
+            raise ValueError(f"track_tol must be in (0, 1), got {track_tol!r}")
         self.X, self.y = X, y.reshape(X.shape[0], -1)
         self.every, self.batch_size, self.batch_rel_se = int(every), batch_size, batch_rel_se
+        self.method, self.track_tol, self.gauss_newton = method, track_tol, gauss_newton
         self._vecs: Tensor | None = None
         self.rows: list[dict[str, Any]] = []
 
@@ -51,11 +72,12 @@ class SharpnessMonitor(Callback):
     def measure(self, model: torch.nn.Module, lr: float,
                 optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
         """The figures of one measurement at the model's current parameters."""
-        vals, vecs = hessian_top_eigenpairs(model, self.X, self.y, 1, v0=self._vecs)
-        self._vecs = vecs
+        lam, res = self._hessian(model)
         nc = self.y.numel()
-        row: dict[str, Any] = {metrics.SHARPNESS_HESSIAN: float(vals[0]),
-                               metrics.SHARPNESS_GN: 2 * ntk.lambda_max(model, self.X) / nc}
+        row: dict[str, Any] = {metrics.SHARPNESS_HESSIAN: lam,
+                               metrics.SHARPNESS_HESSIAN_RESIDUAL: res}
+        if self.gauss_newton:
+            row[metrics.SHARPNESS_GN] = 2 * ntk.lambda_max(model, self.X) / nc
         edge = optimizer_edge(optimizer)
         row[metrics.SHARPNESS_THRESHOLD] = 2 * edge["factor"] / lr if lr > 0 else None
         if edge["kind"] == "adam":  # none before Adam's first step (no second moments)
@@ -68,6 +90,19 @@ class SharpnessMonitor(Callback):
                                   generator=torch.Generator().manual_seed(len(self.rows)))
             row[metrics.SHARPNESS_BATCH] = est.mean
         return row
+
+    def _hessian(self, model: torch.nn.Module) -> tuple[float, float | None]:
+        """``(λ_max(H), relative residual)`` by the monitor's method, warm from the last
+        vector; the residual is None when a Lanczos solve (converged to its tolerance) gave
+        the value."""
+        if self.method == "track" and self._vecs is not None:
+            lam, res, nxt = hessian_power_step(model, self.X, self.y, self._vecs[:, 0])
+            if res <= self.track_tol:
+                self._vecs = nxt[:, None]
+                return lam, res
+        vals, vecs = hessian_top_eigenpairs(model, self.X, self.y, 1, v0=self._vecs)
+        self._vecs = vecs
+        return float(vals[0]), None
 
     def on_step_begin(self, state: StepContext, X: Tensor, y: Tensor,
                       record: dict[str, Any]) -> None:

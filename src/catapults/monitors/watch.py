@@ -358,6 +358,7 @@ def watch(
     agop_every: int = 50,
     sharpness: bool = False,
     sharpness_batch_size: int | None = None,
+    sharpness_method: str = "lanczos",
     events: bool = True,
     ratio: float = 3.0,
     window: int = DEFAULT_WINDOW,
@@ -387,7 +388,8 @@ def watch(
             ``agop_every`` steps.
         sharpness: track the loss Hessian's sharpness on the probe every ``every`` steps
             against the optimizer's edge (:class:`~catapults.monitors.SharpnessMonitor`; with
-            ``sharpness_batch_size`` also the batch sharpness).
+            ``sharpness_batch_size`` also the batch sharpness; ``sharpness_method="track"``:
+            one Hessian-vector product per measurement, for measuring every step).
         events: detect catapults in the step losses at ``close()`` (``ratio``: the minimum
             height, ``window``, ``false_positive_rate``: see :func:`catapults.detect.detect`).
         loggers: extra :class:`~catapults.loggers.Logger` objects that receive every row.
@@ -419,7 +421,8 @@ def watch(
     if sharpness:
         if X is None:
             raise MonitorError("watch: sharpness=True needs a probe")
-        monitors.append(SharpnessMonitor(X, y, every=every, batch_size=sharpness_batch_size))
+        monitors.append(SharpnessMonitor(X, y, every=every, batch_size=sharpness_batch_size,
+                                         method=sharpness_method))
     if agop is not None:
         inputs = agop_inputs if agop_inputs is not None else X
         if inputs is None:
