@@ -77,6 +77,8 @@ def test_tiny_gd_sits_at_the_edge_of_stability(tiny):
         assert 1.6 <= float(r["hover_median"]) <= 2.6
         assert 1.4 <= float(r["gn_hover_median"]) <= 2.6
         assert float(r["loss_ratio"]) < 1.0
+        # the detector at a fixed lr: any catapult after the first steps is spontaneous
+        assert 0 <= int(r["spontaneous"]) <= int(r["catapults"])
     rows = list(csv.DictReader((out / "stability" / "stability-eos.csv").open()))
     first = [float(r["eta_lambda_hessian"]) for r in rows if r["step"] == "0"]
     assert first and max(first) < 1.2  # it starts well below the edge: the rise is sharpening

@@ -80,7 +80,8 @@ def _sharp_run(out: Path, size: str, seed: int, kind: str, level: float) -> dict
     else:
         train.update(lr=level, betas=[0.9, 0.999])
     cfg = _cfg(data=data, model=model, train=train,
-               monitor={"sharpness": {"enabled": True, "every": every}},
+               monitor={"sharpness": {"enabled": True, "every": every},
+                        "events": {"enabled": True}},
                output={"figures": False, "checkpoint": False})
     res = _run(cfg, out / "runs" / f"{kind}-{level:g}-seed{seed}")
     rows = []
@@ -107,6 +108,7 @@ def _sharp_run(out: Path, size: str, seed: int, kind: str, level: float) -> dict
     t0, med = _hover(series, reach) if res.status == "completed" else (None, None)
     loss_at = {r["step"]: r["loss"] for r in res.history}
     final = res.history[-1]["loss"] if res.history else None
+    ev = res.summary.get("monitors", {}).get("events", {}) or {}
     gn_med = (statistics.median(r["eta_lambda_gn"] for r in rows if r["step"] >= t0)
               if t0 is not None and kind == "gd" else None)
     stats = {"kind": kind, "level": level, "seed": seed, "status": res.status,
@@ -115,7 +117,12 @@ def _sharp_run(out: Path, size: str, seed: int, kind: str, level: float) -> dict
              "loss_ratio": (final / loss_at[t0] if t0 is not None and res.status == "completed"
                             and loss_at.get(t0) else None),
              "final_train_loss": res.summary.get("final_train_loss"),
-             "final_test_loss": res.summary.get("final_test_loss")}
+             "final_test_loss": res.summary.get("final_test_loss"),
+             # the detector at the edge of stability: every catapult at a fixed lr is
+             # spontaneous (no lr change explains it); oscillation episodes counted apart
+             "catapults": ev.get("count"),
+             "spontaneous": (ev.get("causes") or {}).get("spontaneous"),
+             "oscillations": ev.get("oscillations")}
     return {"rows": rows, "stats": stats}
 
 
@@ -226,6 +233,12 @@ def exp_stability(out: Path, size: str) -> ExperimentResult:
     notes = [f"GD at the edge: median eta*lambda_max(H_GN) {statistics.median(gn):.3g} "
              "(beside eta*lambda_max(H) in stability-eos-runs.csv)" if gn else
              "GD never reached the edge: no Gauss-Newton comparison"]
+    done = [s for s in eos_st if s["catapults"] is not None]
+    if done:
+        notes.append("the detector at the edge of stability (GD at a fixed lr, no lr change): "
+                     f"{sum(s['catapults'] for s in done)} catapult(s) in {len(done)} run(s), "
+                     f"{sum(s['spontaneous'] or 0 for s in done)} of them spontaneous; "
+                     f"{sum(s['oscillations'] or 0 for s in done)} oscillation episode(s)")
     return ExperimentResult("stability", [*eos_claims, *adam_claims, *cat_claims, *bs_claims],
                             figs, tables, notes=notes)
 
