@@ -112,3 +112,22 @@ def test_guard_bad_options(kwargs):
     model = MLP(8, 1, width=16, depth=2)
     with pytest.raises(ConfigError):
         CriticalGuard(torch.optim.SGD(model.parameters(), lr=1.0), model, X, **kwargs)
+
+
+def test_on_demand_experiment_on_a_cnn(tmp_path):
+    """beyond/on-demand on the second architecture (a CNN on digits, tiny size): every schedule
+    runs from the same network, the controller raises, the guard (science check, can fail)
+    prevents every catapult, and the CNN's claims carry their own prefix with the MLP's
+    thresholds; no true AGOP on digits, so no alignment."""
+    from catapults.experiments.beyond import on_demand as od
+
+    rows, curves = od._seed_runs("tiny", 0, "cnn")
+    assert [r["schedule"] for r in rows] == list(od.SCHEDULES)
+    assert all(r["arch"] == "cnn" and r["status"] == "completed" for r in rows)
+    assert all(r["agop_alignment"] is None for r in rows)
+    by = {r["schedule"]: r for r in rows}
+    assert by["on-demand"]["raises"] >= 1 and by["guard"]["catapults"] == 0
+    assert curves["guard/lr"] and max(curves["guard/lr"]) <= max(curves["step/lr"])
+    claims = od.on_demand_claims(rows + [dict(r, seed=1) for r in rows])
+    assert claims and all(c.id.startswith("cnn:beyond/on-demand") or
+                          c.id.startswith("cnn:beyond/guard") for c in claims)

@@ -1,8 +1,10 @@
 """beyond/on-demand: catapults placed deliberately (the seed's check 3, open question 4).
 
-Full-batch GD on the synthetic task, the same number of steps under five learning-rate
-schedules, all starting from the same network (one per seed) and set from its initial critical
-rate ``η₀ = η_crit(θ₀)``:
+Full-batch GD, the same number of steps under five learning-rate schedules, all starting from
+the same network (one per seed and architecture) and set from its initial critical rate
+``η₀ = η_crit(θ₀)``, for each architecture of :data:`ARCHS`: the MLP on the synthetic task
+(claims ``beyond/...``) and a CNN on digits 3 vs 8 (claims ``cnn:beyond/...``, same thresholds;
+no true AGOP there, so test loss only):
 
 - ``constant``: ``0.9 η₀`` throughout (no catapult);
 - ``step``: ``0.9 η₀``, then ``1.5x`` the previous rate at 1/4, 1/2 and 3/4 of the steps (fixed
@@ -16,6 +18,7 @@ rate ``η₀ = η_crit(θ₀)``:
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -23,13 +26,21 @@ from typing import Any
 import torch
 
 from catapults.curvature.spectrum import critical_lr
-from catapults.experiments.beyond.common import final_measures, gd, mlp, synthetic_task
+from catapults.experiments.beyond.common import (
+    final_measures,
+    gd,
+    image_task_and_model,
+    mlp,
+    synthetic_task,
+)
 from catapults.experiments.claims import Claim, make_claim
 from catapults.experiments.common import _plt, _save, _seeds
 from catapults.experiments.stats import effect_size, paired_differences
 from catapults.training.controllers import CatapultOnDemand, CriticalGuard
 
 SCHEDULES = ("constant", "step", "cosine", "on-demand", "guard")
+ARCHS = ("mlp", "cnn")
+"""The architectures the schedules are compared on (the MLP first: its claims keep their ids)."""
 
 
 def _steps(size: str) -> int:
@@ -65,17 +76,26 @@ def _schedule(name: str, model, task, steps: int, opt):
     return (lambda t, loss: guard.step(step_lr(t))), guard
 
 
-def _seed_runs(size: str, seed: int) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
-    task = synthetic_task(size, seed)
+def _task_and_model(arch: str, size: str, seed: int):
+    if arch == "mlp":
+        task = synthetic_task(size, seed)
+        return task, mlp(task, width={"tiny": 256, "quick": 512, "full": 1024}[size], seed=seed)
+    return image_task_and_model(arch, size=size, seed=seed,
+                                width={"tiny": 8, "quick": 16, "full": 32}[size])
+
+
+def _seed_runs(size: str, seed: int, arch: str = "mlp"
+               ) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    task, initial = _task_and_model(arch, size, seed)
     steps = _steps(size)
-    width = {"tiny": 256, "quick": 512, "full": 1024}[size]
     rows, curves = [], {}
     for name in SCHEDULES:
-        model = mlp(task, width=width, seed=seed)
+        model = copy.deepcopy(initial)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         lr_of, ctl = _schedule(name, model, task, steps, opt)
         losses, lrs = gd(model, task, steps, lr_of, optimizer=opt)
-        row = {"seed": seed, "schedule": name, **final_measures(model, task, losses),
+        row = {"arch": arch, "seed": seed, "schedule": name,
+               **final_measures(model, task, losses),
                "final_lr": lrs[-1] if lrs else None}
         if isinstance(ctl, CatapultOnDemand):
             row["raises"] = len(ctl.raises)
@@ -88,6 +108,14 @@ def _seed_runs(size: str, seed: int) -> tuple[list[dict[str, Any]], dict[str, li
 
 
 def on_demand_claims(rows: list[dict[str, Any]]) -> list[Claim]:
+    """The claims of each architecture in ``rows`` (``arch``; ``mlp`` when absent), the MLP's
+    as ``beyond/...`` and another's as ``ARCH:beyond/...``."""
+    archs = list(dict.fromkeys(r.get("arch", "mlp") for r in rows))
+    return [c for a in archs for c in _arch_claims(
+        [r for r in rows if r.get("arch", "mlp") == a], "" if a == "mlp" else f"{a}:")]
+
+
+def _arch_claims(rows: list[dict[str, Any]], prefix: str) -> list[Claim]:
     by: dict[tuple[int, str], dict[str, Any]] = {(r["seed"], r["schedule"]): r for r in rows}
     seeds = sorted({r["seed"] for r in rows})
 
@@ -100,9 +128,9 @@ def on_demand_claims(rows: list[dict[str, Any]]) -> list[Claim]:
         raises, cats = val(s, "on-demand", "raises"), val(s, "on-demand", "catapults")
         placed.append(cats / raises if raises else None)
     claims = [
-        make_claim("beyond/on-demand-placed", "catapults on demand",
+        make_claim(f"{prefix}beyond/on-demand-placed", "catapults on demand",
                    "catapults detected / raises made by the on-demand controller", placed),
-        make_claim("beyond/guard-no-catapults", "catapults prevented",
+        make_claim(f"{prefix}beyond/guard-no-catapults", "catapults prevented",
                    "catapults detected under the step schedule clipped at 0.9 eta_crit",
                    [val(s, "guard", "catapults") for s in seeds],
                    control="the same step schedule unguarded",
@@ -112,7 +140,7 @@ def on_demand_claims(rows: list[dict[str, Any]]) -> list[Claim]:
         d = paired_differences([val(s, other, "final_test_loss") for s in seeds],
                                [val(s, "on-demand", "final_test_loss") for s in seeds])
         claims.append(make_claim(
-            f"beyond/on-demand-test-gain-vs-{other}", "catapults on demand",
+            f"{prefix}beyond/on-demand-test-gain-vs-{other}", "catapults on demand",
             f"test loss under the {other} schedule - under on-demand (same steps, paired by "
             "seed)", d, control=f"the {other} schedule, same network and steps",
             d_z=effect_size(d)))
@@ -128,26 +156,32 @@ def fig_on_demand(rows, curves, path: Path) -> Path:
     a.set_yscale("log")
     a.set_xlabel("step")
     a.set_ylabel("training loss (mean MSE)")
-    a.set_title("Schedules with the same steps (seed 0)")
+    a.set_title("Schedules with the same steps (MLP, seed 0)")
     a.legend(fontsize=8)
     b.set_xlabel("step")
     b.set_ylabel("learning rate")
     b.set_ylim(bottom=0)
     b.set_title("Learning rates")
-    for i, name in enumerate(SCHEDULES):
-        pts = [r["final_test_loss"] for r in rows
-               if r["schedule"] == name and r["final_test_loss"] is not None]
-        c.plot([i] * len(pts), pts, "o", alpha=0.7)
+    archs = list(dict.fromkeys(r.get("arch", "mlp") for r in rows))
+    for j, arch in enumerate(archs):
+        for i, name in enumerate(SCHEDULES):
+            pts = [r["final_test_loss"] for r in rows if r.get("arch", "mlp") == arch
+                   and r["schedule"] == name and r["final_test_loss"] is not None]
+            c.plot([i + 0.15 * j] * len(pts), pts, "os^"[j % 3], color=f"C{j}", alpha=0.7,
+                   label=arch if i == 0 else None)
     c.set_xticks(range(len(SCHEDULES)), SCHEDULES)
+    c.set_yscale("log")
     c.set_ylabel("final test loss")
     c.set_title("Test loss per schedule (every seed)")
+    c.legend(fontsize=8, title="architecture")
     return _save(fig, path)
 
 
 def exp_on_demand(out: Path, size: str) -> tuple[list[Claim], list[dict[str, Any]], Path]:
     rows, first = [], None
-    for seed in _seeds(size):
-        r, curves = _seed_runs(size, seed)
-        rows += r
-        first = first or curves
+    for arch in ARCHS:
+        for seed in _seeds(size):
+            r, curves = _seed_runs(size, seed, arch)
+            rows += r
+            first = first or curves
     return on_demand_claims(rows), rows, fig_on_demand(rows, first, out / "on-demand.png")
