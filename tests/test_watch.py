@@ -273,3 +273,38 @@ def test_a_zero_kernel_gives_no_critical_rate_instead_of_a_crash(tmp_path):
     rows = [json.loads(line) for line in text.splitlines()]
     assert rows and all(r["ntk/eta_crit"] is None and r["ntk/batch_eta_crit"] is None
                         for r in rows)
+
+
+@pytest.mark.parametrize("kernel_method", ["rules", "jacobian", "matvec"])
+def test_watch_computes_kernels_by_the_method_asked(kernel_method):
+    """kernel_method reaches the probe and the batch kernels: every method gives the float64
+    reference critical rate of the probe; an unknown method is refused naming the choices."""
+    torch.manual_seed(0)
+    model = MLP(4, 1, width=16, depth=2, seed=0).double()
+    X, y = torch.randn(24, 4, dtype=torch.float64), torch.randn(24, 1, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = catapults.watch(model, opt, probe=(X, y), every=1, k=1, kernel_method=kernel_method)
+    expected = reference_critical_lr(model, X)
+    loss = F.mse_loss(model(X[:6]), y[:6])
+    mon.step(loss, batch=(X[:6], y[:6]))
+    mon.close()
+    row = mon.history[0]
+    assert row["ntk/eta_crit"] == pytest.approx(expected, rel=1e-8)
+    assert row["ntk/batch_eta_crit"] == pytest.approx(reference_critical_lr(model, X[:6]),
+                                                      rel=1e-8)
+    with pytest.raises((ValueError, MonitorError), match="kernel_method must be one of"):
+        catapults.watch(model, opt, probe=(X, y), kernel_method="fastest")
+
+
+def test_config_kernel_method_reaches_the_monitor():
+    from catapults.config import ConfigError, config_from_dict
+    from catapults.data import make_dataset
+    from catapults.runs import build_monitors
+    from helpers import small_config
+
+    cfg = config_from_dict(small_config(monitor={"ntk": {"enabled": True,
+                                                         "kernel_method": "jacobian"}}))
+    (mon,) = [m for m in build_monitors(cfg, make_dataset(cfg.data)) if m.name == "ntk"]
+    assert mon.kernel["method"] == "jacobian"
+    with pytest.raises(ConfigError, match="monitor.ntk.kernel_method"):
+        config_from_dict(small_config(monitor={"ntk": {"kernel_method": "fast"}}))

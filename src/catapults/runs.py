@@ -98,7 +98,8 @@ def build_monitors(config: RunConfig, data: Dataset) -> list[Callback]:
     if m.ntk.enabled:
         X, y = _probe(m.ntk, data, full_batch)
         monitors.append(NTKMonitor(X, y, k=m.ntk.k, every=m.ntk.every, s=m.ntk.s,
-                                   batch=m.ntk.batch, method=m.ntk.method))
+                                   batch=m.ntk.batch, method=m.ntk.method,
+                                   kernel_method=m.ntk.kernel_method))
     if m.agop.enabled:
         cfg = m.agop
         X = data.X_train if cfg.n_samples is None else data.X_train[:cfg.n_samples]

@@ -219,6 +219,10 @@ class NTKMonitorConfig(_Section):
         "auto", description="Eigen-solver on the full (n*c x n*c) kernel: dense (form K), "
         "matrix-free Lanczos (never forms K or J), or auto (dense up to 6000 rows)."
     )
+    kernel_method: Literal["auto", "rules", "jacobian", "matvec"] = Field(
+        "auto", description="How a dense kernel is computed (catapults.ntk.empirical_ntk's "
+        "method): layer rules, per-sample Jacobians, Jacobian-vector products, or auto."
+    )
 
 
 class AGOPMonitorConfig(_Section):

@@ -61,6 +61,10 @@ class NTKMonitor(Callback):
     ``max_dense`` rows of the full kernel (``n·c``), else Lanczos. Both warm-start from the last
     eigenvectors.
 
+    ``kernel_method`` is how a dense kernel is computed (``empirical_ntk``'s ``method``:
+    ``auto``, ``rules``, ``jacobian``, ``matvec``; the table of :mod:`catapults.curvature.ntk`),
+    for the probe and the batch kernels, within ``memory_budget`` bytes on the generic path.
+
     Outside the trainer: ``row = monitor.measure(model, lr)`` returns the same figures.
     """
 
@@ -68,9 +72,14 @@ class NTKMonitor(Callback):
 
     def __init__(self, X: Tensor | None, y: Tensor | None, *, k: int = 5, every: int = 10,
                  s: int | None = None, batch: bool = True, method: str = "auto",
-                 max_dense: int = 6000) -> None:
+                 max_dense: int = 6000, kernel_method: str = "auto",
+                 memory_budget: float = 2e9) -> None:
         if method not in ("auto", "dense", "lanczos"):
             raise ValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
+        if kernel_method not in ntk.METHODS:
+            raise ValueError(f"kernel_method must be one of {', '.join(ntk.METHODS)}, got "
+                             f"{kernel_method!r}")
+        self.kernel = {"method": kernel_method, "memory_budget": memory_budget}
         if (X is None) != (y is None):
             raise ValueError("give both X and y of the probe set, or neither")
         self.X, self.y = X, (None if y is None or X is None else y.reshape(X.shape[0], -1))
@@ -91,7 +100,8 @@ class NTKMonitor(Callback):
             vals, vecs = ntk.top_eigenpairs(model, X, self.k, kind="full", method="lanczos",
                                             v0=self._vecs)
         else:
-            K, out = ntk.empirical_ntk(model, X, kind="full", check=False, return_outputs=True)
+            K, out = ntk.empirical_ntk(model, X, kind="full", check=False, return_outputs=True,
+                                       **self.kernel)
             vals, vecs = ntk.eig_top(K, self.k, v0=self._vecs)
         self._vecs = vecs
         level = nc / lr
@@ -129,7 +139,7 @@ class NTKMonitor(Callback):
     def on_step_begin(self, state: StepContext, X: Tensor, y: Tensor,
                       record: dict[str, Any]) -> None:
         if self.batch and not state.full_batch and state.lr > 0 and X is not None:
-            Kb = ntk.empirical_ntk(state.model, X, kind="full", check=False)
+            Kb = ntk.empirical_ntk(state.model, X, kind="full", check=False, **self.kernel)
             lam_b = float(torch.linalg.eigvalsh(Kb)[-1])
             row = {metrics.NTK_BATCH_LAMBDA_MAX: lam_b,
                    metrics.NTK_BATCH_ETA_CRIT: ntk.critical_rate(Kb.shape[0], lam_b)}

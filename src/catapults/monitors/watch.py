@@ -353,6 +353,7 @@ def watch(
     ntk: bool = True,
     batch_kernel: bool = True,
     method: str = "auto",
+    kernel_method: str = "auto",
     agop: Matrix | None = None,
     agop_inputs: Tensor | None = None,
     agop_every: int = 50,
@@ -381,6 +382,8 @@ def watch(
             ``figures/``; ``tensorboard/`` with ``tensorboard=True``); None writes nothing.
         every, k, s, method: the NTK monitor's options (measure every ``every`` steps, the top
             ``k`` eigenvalues, top-eigenspace size ``s`` of the split, eigen-solver).
+        kernel_method: how the kernels are computed (``empirical_ntk``'s ``method``: ``auto``,
+            ``rules``, ``jacobian``, ``matvec``).
         ntk: track the NTK on the probe (needs ``probe``).
         batch_kernel: for mini-batch steps, ``λ_max(K_B)`` and ``η_crit(B)`` every step.
         agop: a reference AGOP (``d × d`` tensor or :class:`~catapults.agop.FactoredAGOP`) to
@@ -415,9 +418,10 @@ def watch(
             check_per_sample(model, X)
     if ntk and X is not None:
         monitors.append(NTKMonitor(X, y, k=k, every=every, s=s, batch=batch_kernel,
-                                   method=method))
+                                   method=method, kernel_method=kernel_method))
     elif batch_kernel:  # no probe: only the kernels of the mini-batches
-        monitors.append(NTKMonitor(None, None, batch=True, method=method))
+        monitors.append(NTKMonitor(None, None, batch=True, method=method,
+                                   kernel_method=kernel_method))
     if sharpness:
         if X is None:
             raise MonitorError("watch: sharpness=True needs a probe")
@@ -435,7 +439,8 @@ def watch(
         monitors.append(EventsMonitor(ratio=ratio, window=window, series=metrics.LOSS,
                                       false_positive_rate=false_positive_rate))
     settings = {"every": every, "k": k, "s": s, "ntk": ntk and X is not None,
-                "batch_kernel": batch_kernel, "method": method, "agop": agop is not None,
+                "batch_kernel": batch_kernel, "method": method, "kernel_method": kernel_method,
+                "agop": agop is not None,
                 "events": events, "probe_size": None if X is None else int(X.shape[0])}
     all_loggers = list(loggers)
     out_path = None
