@@ -147,8 +147,8 @@ def test_tracking_follows_lambda_max_with_one_product_per_measurement():
     products = []
     real = hessian.hvp_operator
 
-    def counting(*args):
-        mv, p = real(*args)
+    def counting(*args, **kwargs):
+        mv, p = real(*args, **kwargs)
         return (lambda V: products.append(1 if V.dim() == 1 else V.shape[1]) or mv(V)), p
 
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -176,3 +176,31 @@ def test_tracking_follows_lambda_max_with_one_product_per_measurement():
     assert tracked and tracked[-1][metrics.SHARPNESS_HESSIAN_RESIDUAL] < 0.05
     with pytest.raises(ValueError, match="method"):
         SharpnessMonitor(X, y, method="power")
+
+
+def test_a_cross_entropy_run_gets_the_hessian_form_and_is_refused_the_ntk_form(tmp_path):
+    """train.loss cross_entropy: the sharpness monitor measures the CE Hessian (no
+    Gauss-Newton NTK form); the critical schedule and the NTK monitor are refused naming the
+    field, before anything is written."""
+    from catapults.cli import main
+    from catapults.config import ConfigError
+
+    base = {"data": {"name": "digits", "classes": [3, 8], "n_train": 40, "n_test": 20},
+            "model": {"width": 16}, "output": {"progress": False, "figures": False}}
+    cfg = {**base, "train": {"optimizer": "gd", "lr": 0.1, "steps": 3, "loss": "cross_entropy"},
+           "monitor": {"sharpness": {"enabled": True, "every": 2, "probe_size": 40}}}
+    res = run(config_from_dict(cfg), out_dir=tmp_path / "ce")
+    rows = [r for r in res.history if metrics.SHARPNESS_HESSIAN in r]
+    assert [r["step"] for r in rows] == [0, 2] and metrics.SHARPNESS_GN not in rows[0]
+    assert rows[0][metrics.SHARPNESS_HESSIAN] > 0
+    for extra, field in [({"schedule": {"kind": "critical", "milestones": [0], "values": [1]}},
+                          "train.schedule.kind"), ({}, "monitor.ntk.enabled")]:
+        bad = {**base, "train": {"loss": "cross_entropy", **extra},
+               "monitor": {"ntk": {"enabled": field == "monitor.ntk.enabled"}}}
+        with pytest.raises(ConfigError, match=f"^{field}: .*Hessian form applies"):
+            config_from_dict(bad)
+        path = tmp_path / "bad.yaml"
+        import yaml
+        path.write_text(yaml.safe_dump(bad))
+        assert main(["run", str(path), "--out", str(tmp_path / "never")]) == 2
+        assert not (tmp_path / "never").exists()

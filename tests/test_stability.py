@@ -273,3 +273,40 @@ def test_power_step_against_the_dense_hessian():
         theta, res, v = stability.hessian_power_step(model, X, y, v)
     assert abs(evals[-1]) > abs(evals[0])  # the power step follows the largest magnitude
     assert theta == pytest.approx(float(evals[-1]), rel=1e-6)
+
+
+@pytest.mark.parametrize("classes,activation", [(1, "tanh"), (3, "tanh"), (3, "relu")])
+def test_cross_entropy_hessian_against_the_dense_hessian(classes, activation):
+    """The Hessian form holds for any loss: the top eigenpairs, the power step and batch
+    sharpness of the cross-entropy loss (logistic for one output, softmax for three) against
+    the dense float64 Hessian of the loss written out here."""
+    torch.manual_seed(2)
+    model = MLP(3, classes, width=8, depth=2, activation=activation, seed=2).double()
+    X = torch.randn(24, 3, dtype=torch.float64)
+    if classes == 1:
+        y = torch.where(torch.randn(24, 1) > 0, 1.0, -1.0).double()
+
+        def ce(out, t):
+            return torch.log1p(torch.exp(-t * out)).mean()
+    else:
+        y = torch.nn.functional.one_hot(torch.randint(0, 3, (24,)), 3).double()
+
+        def ce(out, t):
+            return -(t * torch.log_softmax(out, 1)).sum(1).mean()
+    H = dense_mse_hessian(model, X, y, loss_of=ce)
+    evals = torch.linalg.eigvalsh(H)
+    vals, vecs = stability.hessian_top_eigenpairs(model, X, y, 2, loss="cross_entropy")
+    assert torch.allclose(vals, evals.flip(0)[:2], rtol=1e-7, atol=1e-10)
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    theta, _, _ = stability.hessian_power_step(model, X, y, v, loss="cross_entropy")
+    v = v / v.norm()
+    assert theta == pytest.approx(float(v @ H @ v), rel=1e-9)
+    with pytest.raises(KernelError, match="loss must be one of 'mse', 'cross_entropy'"):
+        stability.hessian_top_eigenpairs(model, X, y, 1, loss="hinge")
+
+
+def test_the_ntk_form_refuses_another_loss_and_says_which_form_applies():
+    model, X, _ = _problem(1)
+    with pytest.raises(KernelError, match="holds for the mean-MSE loss only; for loss "
+                                          "'cross_entropy' only the Hessian form applies"):
+        stability.critical_lr(model, X, loss="cross_entropy")

@@ -112,7 +112,8 @@ def build_monitors(config: RunConfig, data: Dataset) -> list[Callback]:
                                          batch_size=m.sharpness.batch_size,
                                          method=m.sharpness.method,
                                          track_tol=m.sharpness.track_tol,
-                                         gauss_newton=m.sharpness.gauss_newton))
+                                         gauss_newton=m.sharpness.gauss_newton,
+                                         loss=config.train.loss))
     if m.events.enabled:
         monitors.append(EventsMonitor(ratio=m.events.height, window=m.events.window,
                                       return_ratio=m.events.return_ratio,

@@ -345,6 +345,23 @@ class RunConfig(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
+    def _ntk_form_needs_mse(self) -> RunConfig:
+        """The critical schedule and the NTK monitor use the NTK form of the critical rate and
+        the loss split, which hold for the mean MSE only."""
+        if self.train.loss == "mse":
+            return self
+        why = (f"holds for train.loss 'mse' only, not {self.train.loss!r}; for that loss only "
+               "the Hessian form applies (monitor.sharpness records lambda_max(H) against the "
+               "optimizer's threshold)")
+        if self.train.schedule.kind == "critical":
+            raise ValueError("train.schedule.kind: 'critical' sets the lr from the NTK form "
+                             f"n*c/lambda_max(K), which {why}; use a 'step' schedule")
+        if self.monitor.ntk.enabled:
+            raise ValueError("monitor.ntk.enabled: the NTK monitor's critical rates and loss "
+                             f"split are the NTK form, which {why}")
+        return self
+
+    @model_validator(mode="after")
     def _fits_dtype(self) -> RunConfig:
         if self.train.dtype == "float32":
             for name, value in [("data.noise", self.data.noise),

@@ -1,7 +1,9 @@
 """The true loss Hessian beside its Gauss-Newton part, matrix-free: top eigenpairs from
 Hessian-vector products, Adam's preconditioned sharpness, and SGD's batch sharpness.
 
-Conventions (docs/conventions.md): the loss is the mean MSE ``L(θ) = (1/(n·c)) Σ (f − y)²``;
+Conventions (docs/conventions.md): the loss is the mean MSE ``L(θ) = (1/(n·c)) Σ (f − y)²``
+by default (every function takes ``loss="cross_entropy"`` too: the Hessian form holds for any
+loss, while the NTK form ``2 λ_max(K)/(n·c)`` of its Gauss-Newton part is the MSE's);
 ``H = ∇²L = H_GN + (2/(n·c)) Σ_{i,j} r_ij ∇²f_j(x_i)`` (``r = f − y``), so ``H = H_GN`` for a
 model linear in θ and differs for a nonlinear net by the residual-weighted second derivatives.
 
@@ -36,6 +38,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from catapults.curvature.checks import on_model_device, trainable_params
+from catapults.curvature.losses import get_loss
 from catapults.curvature.stability import _adam_scales, optimizer_edge
 from catapults.errors import KernelError
 from catapults.linalg.eigen import block_krylov_top
@@ -44,10 +47,14 @@ __all__ = ["BatchSharpness", "batch_sharpness", "hessian_power_step", "hessian_t
            "hvp_operator", "preconditioned_sharpness"]
 
 
-def _flat_loss(model: nn.Module, X: Tensor, y: Tensor) -> tuple[Callable[[Tensor], Tensor],
-                                                                 Tensor]:
-    """``(loss(θ_flat), θ_flat)`` for the mean MSE of ``model`` on ``(X, y)`` over its trainable
-    parameters (flattened in ``trainable_params`` order)."""
+def _flat_loss(model: nn.Module, X: Tensor, y: Tensor, loss: str = "mse"
+               ) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    """``(loss(θ_flat), θ_flat)`` for the loss ``loss`` (:mod:`catapults.curvature.losses`) of
+    ``model`` on ``(X, y)`` over its trainable parameters (flattened in ``trainable_params``
+    order)."""
+    # the mean MSE written out: F.mse_loss's forward-mode derivative meets ReLU's zero tensors
+    # inside jvp(grad) and fails; the value is the same
+    loss_fn = get_loss(loss) if loss != "mse" else (lambda out, t: (out - t).pow(2).mean())
     params = trainable_params(model)
     names = list(params)
     shapes = [params[n].shape for n in names]
@@ -55,23 +62,23 @@ def _flat_loss(model: nn.Module, X: Tensor, y: Tensor) -> tuple[Callable[[Tensor
     buffers = dict(model.named_buffers())
     theta = torch.cat([params[n].detach().reshape(-1) for n in names])
 
-    def loss(vec: Tensor) -> Tensor:
+    def value(vec: Tensor) -> Tensor:
         chunks = torch.split(vec, sizes)
         p = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
         out = functional_call(model, (p, buffers), (X,))
-        return (out.reshape(y.shape) - y).pow(2).mean()
+        return loss_fn(out.reshape(y.shape), y)
 
-    return loss, theta
+    return value, theta
 
 
-def hvp_operator(model: nn.Module, X: Tensor, y: Tensor) -> tuple[Callable[[Tensor], Tensor],
-                                                                  int]:
-    """``(V ↦ H V, p)``: the Hessian of the mean-MSE loss times a block ``V`` of shape ``(p, b)``
-    (or a vector ``(p,)``), never forming ``H``."""
+def hvp_operator(model: nn.Module, X: Tensor, y: Tensor, *, loss: str = "mse"
+                 ) -> tuple[Callable[[Tensor], Tensor], int]:
+    """``(V ↦ H V, p)``: the Hessian of the loss (mean MSE by default) times a block ``V`` of
+    shape ``(p, b)`` (or a vector ``(p,)``), never forming ``H``."""
     X = on_model_device(model, X)
     y = y.to(X.device).reshape(X.shape[0], -1)
-    loss, theta = _flat_loss(model, X, y)
-    g = grad(loss)
+    value, theta = _flat_loss(model, X, y, loss)
+    g = grad(value)
 
     def hv(v: Tensor) -> Tensor:
         return jvp(g, (theta,), (v,))[1]
@@ -96,18 +103,17 @@ def hessian_top_eigenpairs(model: nn.Module, X: Tensor, y: Tensor, k: int = 1, *
                            ) -> tuple[Tensor, Tensor]:
     """The top-``k`` eigenvalues (descending, ``(k,)``) and orthonormal eigenvectors
     (``(p, k)``, ``p`` the trainable parameters in ``named_parameters`` order) of the Hessian of
-    the mean-MSE loss on ``(X, y)``, matrix-free (module docstring). Float64 solver arithmetic;
+    the loss on ``(X, y)`` (mean MSE or cross-entropy), matrix-free (module docstring). Float64
+    solver arithmetic;
     ``tol`` bounds each relative residual ``‖Hu − θu‖/|θ|`` (default by the model's dtype).
     """
-    if loss != "mse":
-        raise KernelError(f"hessian_top_eigenpairs: loss {loss!r} (only 'mse')")
-    mv, p = hvp_operator(model, X, y)
+    mv, p = hvp_operator(model, X, y, loss=loss)
     return _top_algebraic(lambda V: mv(V).double(), p, k, device=X.device, v0=v0, shift=shift,
                           tol=_default_tol(model) if tol is None else tol)
 
 
-def hessian_power_step(model: nn.Module, X: Tensor, y: Tensor, v: Tensor
-                       ) -> tuple[float, float, Tensor]:
+def hessian_power_step(model: nn.Module, X: Tensor, y: Tensor, v: Tensor, *,
+                       loss: str = "mse") -> tuple[float, float, Tensor]:
     """One Hessian-vector product at the model's current parameters: ``(θ, residual, v_next)``
     with ``θ = vᵀHv`` the Rayleigh quotient of the unit vector ``v`` (``(p,)``, float64),
     ``residual = ‖Hv − θv‖ / |θ|``, and ``v_next = Hv / ‖Hv‖`` (a power-iteration step).
@@ -118,7 +124,7 @@ def hessian_power_step(model: nn.Module, X: Tensor, y: Tensor, v: Tensor
     close to the top eigenvector, ``gap`` to the second eigenvalue). Power iteration follows
     the eigenvalue of largest magnitude: start it from :func:`hessian_top_eigenpairs`'s vector
     and re-solve when the residual grows (as the sharpness monitor's ``track`` method does)."""
-    mv, p = hvp_operator(model, X, y)
+    mv, p = hvp_operator(model, X, y, loss=loss)
     v = v.detach().to(device=X.device, dtype=torch.float64).reshape(p)
     v = v / v.norm()
     w = mv(v).double()
@@ -145,8 +151,8 @@ def _top_algebraic(op: Callable[[Tensor], Tensor], p: int, k: int, *,
 
 
 def preconditioned_sharpness(model: nn.Module, X: Tensor, y: Tensor,
-                             optimizer: torch.optim.Optimizer, *, tol: float | None = None
-                             ) -> float:
+                             optimizer: torch.optim.Optimizer, *, tol: float | None = None,
+                             loss: str = "mse") -> float:
     """``λ_max(P^{-1/2} H P^{-1/2})`` (= the top eigenvalue of ``P⁻¹H``) for Adam / AdamW's
     ``P = diag(√v̂ + ε)`` read from ``optimizer``'s state."""
     edge = optimizer_edge(optimizer)
@@ -155,7 +161,7 @@ def preconditioned_sharpness(model: nn.Module, X: Tensor, y: Tensor,
     scales = _adam_scales(model, optimizer, edge)
     names = list(trainable_params(model))
     d = torch.cat([scales[n].reshape(-1) for n in names]).double().sqrt()  # P^{-1/2}
-    mv, p = hvp_operator(model, X, y)
+    mv, p = hvp_operator(model, X, y, loss=loss)
     d = d.to(X.device)
 
     def pre(V: Tensor) -> Tensor:
@@ -179,9 +185,9 @@ class BatchSharpness:
     converged: bool
 
 
-def _one_batch(model: nn.Module, X: Tensor, y: Tensor) -> float:
-    loss, theta = _flat_loss(model, X, y)
-    g_fn = grad(loss)
+def _one_batch(model: nn.Module, X: Tensor, y: Tensor, loss: str) -> float:
+    value, theta = _flat_loss(model, X, y, loss)
+    g_fn = grad(value)
     g = g_fn(theta)
     gg = float(g @ g)
     if gg == 0:
@@ -192,7 +198,8 @@ def _one_batch(model: nn.Module, X: Tensor, y: Tensor) -> float:
 
 def batch_sharpness(model: nn.Module, X: Tensor, y: Tensor, batch_size: int, *,
                     rel_se: float = 0.02, min_batches: int = 20, max_batches: int = 2000,
-                    generator: torch.Generator | None = None) -> BatchSharpness:
+                    generator: torch.Generator | None = None,
+                    loss: str = "mse") -> BatchSharpness:
     """``E_B[g_Bᵀ H_B g_B / ‖g_B‖²]`` over batches of ``batch_size`` samples drawn without
     replacement from ``(X, y)``, each batch independently (module docstring). Draws batches
     until the standard error is at most ``rel_se`` of the mean (after ``min_batches``) or
@@ -208,7 +215,7 @@ def batch_sharpness(model: nn.Module, X: Tensor, y: Tensor, batch_size: int, *,
     while draws < max_batches:
         idx = torch.randperm(n, generator=gen)[:batch_size].to(X.device)
         draws += 1
-        v = _one_batch(model, X[idx], y[idx])
+        v = _one_batch(model, X[idx], y[idx], loss)
         if math.isfinite(v):
             vals.append(v)
         if len(vals) >= min_batches:

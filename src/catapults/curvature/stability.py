@@ -44,7 +44,7 @@ from catapults.curvature.ntk_rules.generic import per_sample_jacobian
 from catapults.errors import KernelError
 from catapults.linalg.gram import gram
 
-__all__ = ["adam_started", "critical_lr", "edge_from_kernel", "optimizer_edge",
+__all__ = ["NTK_FORM_ONLY_MSE", "adam_started", "critical_lr", "edge_from_kernel", "optimizer_edge",
            "preconditioned_kernel"]
 
 
@@ -137,13 +137,24 @@ def preconditioned_kernel(model: nn.Module, X: Tensor,
     return gram(J * col)
 
 
+NTK_FORM_ONLY_MSE = (
+    "the NTK form of the critical rate (n·c / λ_max(K), scaled for the optimizer) holds for the "
+    "mean-MSE loss only; for loss {loss!r} only the Hessian form applies: 2 / λ_max(H) from "
+    "catapults.stability.hessian_top_eigenpairs(model, X, y, loss={loss!r}) (the sharpness "
+    "monitor records it against the optimizer's threshold)")
+"""The message for a non-MSE loss where the NTK form was asked for."""
+
+
 def critical_lr(model: nn.Module, X: Tensor,
                 optimizer: torch.optim.Optimizer | None = None, *,
-                K: Tensor | None = None) -> float:
+                K: Tensor | None = None, loss: str = "mse") -> float:
     """The learning rate at which ``optimizer``'s linearised dynamics on the kernel at ``X``
     lose stability (the table of the module docstring); ``None`` or plain SGD gives the GD
     value ``n·c / λ_max(K)`` of :func:`catapults.ntk.critical_lr`. ``K``: a precomputed full
-    kernel (not for Adam, whose kernel is preconditioned). ``inf`` when the kernel is zero."""
+    kernel (not for Adam, whose kernel is preconditioned). ``inf`` when the kernel is zero.
+    ``loss``: only ``"mse"`` (another loss is refused: :data:`NTK_FORM_ONLY_MSE`)."""
+    if loss != "mse":
+        raise KernelError(f"critical_lr: {NTK_FORM_ONLY_MSE.format(loss=loss)}")
     edge = optimizer_edge(optimizer)
     if edge["kind"] == "adam":  # (a linearised model: its own Jacobian, the generic path)
         Kp = preconditioned_kernel(model, X, optimizer)

@@ -3,9 +3,11 @@ the optimizer's own edge (issue 14; :mod:`catapults.curvature.hessian`,
 :mod:`catapults.curvature.stability`).
 
 Every ``every`` steps, on a fixed probe ``(X, y)`` at ``θ_t`` before update ``t``:
-``sharpness/hessian`` (``λ_max(∇²L)``) with the relative residual of a tracked value
+``sharpness/hessian`` (``λ_max(∇²L)`` of the run's ``loss``: mean MSE or cross-entropy) with
+the relative residual of a tracked value
 ``sharpness/hessian_residual``, ``sharpness/gauss_newton`` (``2 λ_max(K) / (n·c)``; off with
-``gauss_newton=False``), for Adam ``sharpness/preconditioned`` (``λ_max(P⁻¹H)``), with
+``gauss_newton=False``, and for cross-entropy, whose Gauss-Newton part is not of this form),
+for Adam ``sharpness/preconditioned`` (``λ_max(P⁻¹H)``), with
 ``batch_size`` the batch sharpness ``sharpness/batch`` (Monte Carlo over batches of the probe),
 and ``sharpness/threshold``: the sharpness at which the optimizer with the current learning
 rate loses stability (GD ``2/η``, heavy ball ``(2+2β)/η``, Nesterov ``(2+2β)/((1+2β)η)``, Adam
@@ -37,6 +39,7 @@ from catapults.curvature.hessian import (
     hessian_top_eigenpairs,
     preconditioned_sharpness,
 )
+from catapults.curvature.losses import get_loss
 from catapults.curvature.stability import adam_started, optimizer_edge
 from catapults.training.callbacks import Callback, StepContext
 
@@ -51,7 +54,7 @@ class SharpnessMonitor(Callback):
     def __init__(self, X: Tensor, y: Tensor, *, every: int = 10,
                  batch_size: int | None = None, batch_rel_se: float = 0.05,
                  method: str = "lanczos", track_tol: float = 0.05,
-                 gauss_newton: bool = True) -> None:
+                 gauss_newton: bool = True, loss: str = "mse") -> None:
         if int(every) < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
         if method not in self.METHODS:
@@ -60,7 +63,10 @@ class SharpnessMonitor(Callback):
             raise ValueError(f"track_tol must be in (0, 1), got {track_tol!r}")
         self.X, self.y = X, y.reshape(X.shape[0], -1)
         self.every, self.batch_size, self.batch_rel_se = int(every), batch_size, batch_rel_se
-        self.method, self.track_tol, self.gauss_newton = method, track_tol, gauss_newton
+        self.method, self.track_tol = method, track_tol
+        # the Gauss-Newton part as 2 λ_max(K)/(n·c) is the mean MSE's (the NTK form)
+        get_loss(loss)  # refuses an unknown loss
+        self.gauss_newton, self.loss = gauss_newton and loss == "mse", loss
         self._vecs: Tensor | None = None
         self.rows: list[dict[str, Any]] = []
 
@@ -82,12 +88,13 @@ class SharpnessMonitor(Callback):
         row[metrics.SHARPNESS_THRESHOLD] = 2 * edge["factor"] / lr if lr > 0 else None
         if edge["kind"] == "adam":  # none before Adam's first step (no second moments)
             row[metrics.SHARPNESS_PRECONDITIONED] = (
-                preconditioned_sharpness(model, self.X, self.y, optimizer)
+                preconditioned_sharpness(model, self.X, self.y, optimizer, loss=self.loss)
                 if adam_started(optimizer) else None)
         if self.batch_size:
             est = batch_sharpness(model, self.X, self.y, min(self.batch_size, len(self.X)),
                                   rel_se=self.batch_rel_se, max_batches=200,
-                                  generator=torch.Generator().manual_seed(len(self.rows)))
+                                  generator=torch.Generator().manual_seed(len(self.rows)),
+                                  loss=self.loss)
             row[metrics.SHARPNESS_BATCH] = est.mean
         return row
 
@@ -96,11 +103,13 @@ class SharpnessMonitor(Callback):
         vector; the residual is None when a Lanczos solve (converged to its tolerance) gave
         the value."""
         if self.method == "track" and self._vecs is not None:
-            lam, res, nxt = hessian_power_step(model, self.X, self.y, self._vecs[:, 0])
+            lam, res, nxt = hessian_power_step(model, self.X, self.y, self._vecs[:, 0],
+                                               loss=self.loss)
             if res <= self.track_tol:
                 self._vecs = nxt[:, None]
                 return lam, res
-        vals, vecs = hessian_top_eigenpairs(model, self.X, self.y, 1, v0=self._vecs)
+        vals, vecs = hessian_top_eigenpairs(model, self.X, self.y, 1, v0=self._vecs,
+                                            loss=self.loss)
         self._vecs = vecs
         return float(vals[0]), None
 

@@ -1,29 +1,15 @@
-"""Losses and evaluation. The mean-MSE loss is exactly ``torch.nn.MSELoss(reduction="mean")``
-over all ``n·c`` entries (docs/conventions.md); cross-entropy is a trainer option only."""
+"""Losses and evaluation. The losses themselves live in :mod:`catapults.curvature.losses` (the
+Hessian form of sharpness uses them too): the mean-MSE loss is exactly
+``torch.nn.MSELoss(reduction="mean")`` over all ``n·c`` entries (docs/conventions.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from catapults.curvature.losses import cross_entropy_loss, get_loss, mse_loss
 
-def mse_loss(output: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error over all ``n*c`` entries: ``torch.nn.MSELoss(reduction='mean')``."""
-    return F.mse_loss(output, target.reshape(output.shape), reduction="mean")
-
-
-def cross_entropy_loss(output: Tensor, target: Tensor) -> Tensor:
-    """Softmax cross-entropy for one-hot targets ``(n, c)``; logistic loss for +-1 targets."""
-    if output.shape[1] == 1:
-        return F.softplus(-target.reshape(output.shape) * output).mean()
-    return F.cross_entropy(output, target.argmax(1))
-
-
-def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    return {"mse": mse_loss, "cross_entropy": cross_entropy_loss}[name]
+__all__ = ["cross_entropy_loss", "error_rate", "evaluate", "get_loss", "mse_loss"]
 
 
 def error_rate(output: Tensor, target: Tensor) -> float:
