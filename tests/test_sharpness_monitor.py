@@ -204,3 +204,30 @@ def test_a_cross_entropy_run_gets_the_hessian_form_and_is_refused_the_ntk_form(t
         path.write_text(yaml.safe_dump(bad))
         assert main(["run", str(path), "--out", str(tmp_path / "never")]) == 2
         assert not (tmp_path / "never").exists()
+
+
+def test_an_optimizer_without_a_known_edge_gets_no_threshold_not_a_wrong_one():
+    """RMSprop: the sharpness monitor records lambda_max(H) with no threshold and says why in
+    its summary (naming the known optimizers); the early warning flags no batch (GD's edge
+    would be the wrong threshold)."""
+    import catapults
+    from catapults.models import MLP
+
+    model = MLP(5, 1, width=16, depth=2, seed=0)
+    X, y = torch.randn(32, 5), torch.randn(32, 1)
+    opt = torch.optim.RMSprop(model.parameters(), lr=50.0)  # far above GD's edge
+    mon = catapults.watch(model, opt, probe=(X, y), every=1, k=1, sharpness=True)
+    for i in range(2):
+        xb, yb = X[8 * i:8 * i + 8], y[8 * i:8 * i + 8]
+        loss = torch.nn.functional.mse_loss(model(xb), yb)
+        mon.step(loss, batch=(xb, yb))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    summary = mon.close()
+    row = mon.history[0]
+    assert row[metrics.SHARPNESS_HESSIAN] > 0 and row[metrics.SHARPNESS_THRESHOLD] is None
+    note = summary["monitors"]["sharpness"]["threshold_note"]
+    assert "RMSprop" in note and "known: SGD" in note and "Adam" in note
+    assert row[metrics.NTK_BATCH_EDGE] is None
+    assert summary["monitors"]["ntk"]["batch_steps_above_critical"] == 0

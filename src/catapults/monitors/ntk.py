@@ -20,17 +20,21 @@ from catapults.curvature.stability import (
 from catapults.errors import CatapultsError
 from catapults.training.callbacks import Callback, StepContext
 
+UNKNOWN_EDGE: dict[str, Any] = {"kind": "unknown"}
+"""The edge of an optimizer without a known one (RMSprop, ...): no threshold at all, rather than
+GD's, which would be wrong."""
+
 
 def _own_edge(optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
     """The optimizer's edge when it differs from GD's on the plain kernel (SGD with momentum,
-    Nesterov or weight decay; Adam, whose edge is on the preconditioned kernel); None otherwise
-    (plain SGD, and optimizers without a known edge)."""
+    Nesterov or weight decay; Adam, whose edge is on the preconditioned kernel),
+    :data:`UNKNOWN_EDGE` for an optimizer without a known edge, None otherwise (plain SGD)."""
     if optimizer is None:
         return None
     try:
         edge = optimizer_edge(optimizer)
     except CatapultsError:
-        return None
+        return UNKNOWN_EDGE
     moving = edge["kind"] in ("momentum", "nesterov", "adam")
     return edge if moving or (edge["kind"] == "gd" and edge["weight_decay"] > 0) else None
 
@@ -38,8 +42,8 @@ def _own_edge(optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
 def batch_edge(row: dict[str, Any]) -> float:
     """The critical rate a row's lr is compared with for the early warning: the run's
     optimizer's edge on the batch (``ntk/batch_edge``: momentum / Nesterov / weight decay /
-    Adam) when recorded, else ``ntk/batch_eta_crit`` (GD's). A row of Adam before its first
-    step has no edge (no second moments yet): ``inf``, never flagged."""
+    Adam) when recorded, else ``ntk/batch_eta_crit`` (GD's). A row recorded with no edge (Adam
+    before its first step; an optimizer without a known edge): ``inf``, never flagged."""
     if metrics.NTK_BATCH_EDGE in row:
         v = row[metrics.NTK_BATCH_EDGE]
         return math.inf if v is None else v
@@ -158,7 +162,9 @@ class NTKMonitor(Callback):
                     nc: int) -> float | None:
         """The optimizer's critical rate on the batch ``X``: from ``λ_max(K_B)`` (``lam_b``),
         or for Adam from the batch's preconditioned kernel ``J_B P⁻¹ J_Bᵀ`` with ``P`` as it is
-        now (None before Adam's first step: no second moments yet)."""
+        now (None before Adam's first step, and for an optimizer without a known edge)."""
+        if edge is UNKNOWN_EDGE:
+            return None
         if edge["kind"] != "adam":
             return edge_from_kernel(lam_b, nc, edge)
         if not adam_started(state.optimizer):

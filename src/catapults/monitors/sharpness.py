@@ -41,6 +41,7 @@ from catapults.curvature.hessian import (
 )
 from catapults.curvature.losses import get_loss
 from catapults.curvature.stability import adam_started, optimizer_edge
+from catapults.errors import CatapultsError
 from catapults.training.callbacks import Callback, StepContext
 
 
@@ -66,6 +67,7 @@ class SharpnessMonitor(Callback):
         self.method, self.track_tol = method, track_tol
         # the Gauss-Newton part as 2 λ_max(K)/(n·c) is the mean MSE's (the NTK form)
         get_loss(loss)  # refuses an unknown loss
+        self.no_edge: str | None = None  # why no threshold is recorded (an unknown optimizer)
         self.gauss_newton, self.loss = gauss_newton and loss == "mse", loss
         self._vecs: Tensor | None = None
         self.rows: list[dict[str, Any]] = []
@@ -84,8 +86,12 @@ class SharpnessMonitor(Callback):
                                metrics.SHARPNESS_HESSIAN_RESIDUAL: res}
         if self.gauss_newton:
             row[metrics.SHARPNESS_GN] = 2 * ntk.lambda_max(model, self.X) / nc
-        edge = optimizer_edge(optimizer)
-        row[metrics.SHARPNESS_THRESHOLD] = 2 * edge["factor"] / lr if lr > 0 else None
+        try:
+            edge = optimizer_edge(optimizer)
+        except CatapultsError as err:  # no known edge: no threshold, rather than a wrong one
+            edge, self.no_edge = {"kind": "unknown", "factor": None}, str(err)
+        row[metrics.SHARPNESS_THRESHOLD] = (2 * edge["factor"] / lr
+                                            if lr > 0 and edge["factor"] else None)
         if edge["kind"] == "adam":  # none before Adam's first step (no second moments)
             row[metrics.SHARPNESS_PRECONDITIONED] = (
                 preconditioned_sharpness(model, self.X, self.y, optimizer, loss=self.loss)
@@ -129,6 +135,8 @@ class SharpnessMonitor(Callback):
                                                  metrics.SHARPNESS_BATCH,
                                                  metrics.SHARPNESS_THRESHOLD)
                         if last.get(k) is not None})
+        if self.no_edge:
+            out["threshold_note"] = self.no_edge
         summary["monitors"]["sharpness"] = out
 
     def state_dict(self) -> dict[str, Any]:
