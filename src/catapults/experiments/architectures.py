@@ -30,9 +30,9 @@ What the sizes shrink against ``real`` (whose runs are MLPs of width 1024 / 512)
   standard are reported ``not run``, quick size); 3 seeds (unchanged).
 - ``tiny`` (the tests): ``n_train`` 32, raises 12 steps apart (100 steps), batch sizes 4, 8
   and n for 40 steps, no per-run figures, standard parameterisation for vit only, 2 seeds.
-- ``full``: every architecture in both parameterisations, every set present, ``n_train`` as
-  ``real`` (200 digits, 500 others), raises 100 steps apart, batch sizes 2, 4, 8, 16, 64, n for
-  800 steps, 5 seeds.
+- ``full``: ``real``'s full settings (n_train 200 digits, 500 others; raises 150 steps apart;
+  batch sizes 2..128 and n for 3000 steps; 5 seeds) for every architecture in both
+  parameterisations on every set present.
 """
 
 from __future__ import annotations
@@ -63,11 +63,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
              "standard": ("vit",)},
     "quick": {"n_train": 100, "gap": 30, "batch_sizes": [2, 4, 8, 16], "batch_steps": 120,
               "standard": ("vit",)},
-    "full": {"n_train": None, "gap": 100, "batch_sizes": [2, 4, 8, 16, 64], "batch_steps": 800,
+    "full": {"n_train": None, "gap": None, "batch_sizes": None, "batch_steps": None,
              "standard": ARCHS},
 }
-"""Per size: digits' ``n_train`` (None: ``real``'s), the steps between raises, the batch sizes
-below the full batch, the steps of a batch-size run, the architectures run in standard
+"""Per size: digits' ``n_train``, the steps between raises, the batch sizes below the full batch,
+the steps of a batch-size run (None: ``real``'s at that size), the architectures run in standard
 parameterisation (all in NTK parameterisation)."""
 
 KEYS = [k for k in THRESHOLDS if k.startswith(("gd-multi/", "sgd-batch-size/"))]
