@@ -11,7 +11,7 @@ import sys
 from catapults.cli.common import positive_int
 
 EXPERIMENT_NAMES = ("gd-single", "gd-multi", "sgd-spikes", "sgd-batch-size", "real", "beyond",
-                    "stability")
+                    "stability", "architectures")
 """The names of catapults.experiments.EXPERIMENTS, spelled here so that ``--help`` does not
 import torch (a test checks that the two lists agree)."""
 

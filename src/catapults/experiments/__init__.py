@@ -25,6 +25,8 @@ The experiments, one module each (``RUNNERS`` runs them in this order):
   (issue 14): GD's edge of stability (sharpness hovers at 2/eta), Adam's preconditioned
   sharpness at 38/eta, catapults above the edge of momentum and Adam, SGD's batch sharpness
   against 2/eta.
+- ``architectures`` (:mod:`.architectures`): gd-multi and sgd-batch-size for a CNN, a Wide ResNet
+  and a ViT in NTK and standard parameterisation on the real binary tasks (issue 13).
 
 :mod:`.claims` holds the claims, their thresholds and the ``claims.json`` document;
 :mod:`.common` what the experiments share (building a run, CSVs, AGOP alignment, figures, sizes).
@@ -43,6 +45,7 @@ from pathlib import Path
 import torch
 
 from catapults.config import ConfigError
+from catapults.experiments.architectures import exp_architectures
 from catapults.experiments.beyond import exp_beyond
 from catapults.experiments.claims import (
     THRESHOLDS,
@@ -74,13 +77,13 @@ from catapults.storage.atomic import write_json_atomic
 # functions look it up (e.g. catapults.experiments.gd_multi._cfg), not this package.
 __all__ = [
     "EXPERIMENTS", "RUNNERS", "SIZES", "THRESHOLDS", "BestRunReference", "Claim",
-    "ExperimentResult", "exp_beyond", "exp_gd_multi", "exp_gd_single", "exp_real",
-    "exp_sgd_batch_size", "exp_sgd_spikes", "exp_stability", "format_claims", "make_claim",
-    "reproduce", "spearman",
+    "ExperimentResult", "exp_architectures", "exp_beyond", "exp_gd_multi", "exp_gd_single",
+    "exp_real", "exp_sgd_batch_size", "exp_sgd_spikes", "exp_stability", "format_claims",
+    "make_claim", "reproduce", "spearman",
 ]
 
 EXPERIMENTS = ("gd-single", "gd-multi", "sgd-spikes", "sgd-batch-size", "real", "beyond",
-               "stability")
+               "stability", "architectures")
 
 RUNNERS: dict[str, Callable[[Path, str], ExperimentResult]] = {
     "gd-single": exp_gd_single,
@@ -90,6 +93,7 @@ RUNNERS: dict[str, Callable[[Path, str], ExperimentResult]] = {
     "real": exp_real,
     "beyond": exp_beyond,
     "stability": exp_stability,
+    "architectures": exp_architectures,
 }
 
 

@@ -94,15 +94,22 @@ def _levels(size: str) -> tuple[int, int]:
 
 def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, seed: int = 0,
                 reference: Callable[[list[RunResult]], tuple[torch.Tensor, torch.Tensor]]
-                | None = None) -> tuple[list[dict[str, Any]], list[RunResult]]:
+                | None = None, model: dict[str, Any] | None = None, gap: int | None = None,
+                run_figures: bool = True) -> tuple[list[dict[str, Any]], list[RunResult]]:
     """One seed's runs: k = 0..K learning-rate raises to 1.3x the critical rate measured at the
     raise (k = 0: 0.9x the initial critical rate throughout, the below-critical baseline), and
     the *ramp* control: the same start and the same final learning rate as the run with the most
     raises that completed (K unless it diverged), reached by a linear ramp (many small steps)
     between its first and last raise; and the *weight-decay* control: the baseline's schedule
     with the weight decay that shrinks the first layer's ``‖W₁‖²`` as much as those raises did
-    (:func:`_match_weight_decay`)."""
-    K, gap = _levels(size)
+    (:func:`_match_weight_decay`).
+
+    ``model`` overrides the model section (default: the MLP of width :func:`_width` and depth
+    2; ``reproduce architectures`` passes a cnn, wrn or vit), ``gap`` the steps between raises
+    (default :func:`_levels`; the runs last ``40 + gap (K + 1)`` steps); ``run_figures=False``
+    skips the per-run figures of seed 0's raise runs (the tests' tiny size)."""
+    K, default_gap = _levels(size)
+    gap = default_gap if gap is None else gap
     steps = 40 + gap * (K + 1)
     results, rows = [], []
 
@@ -123,13 +130,14 @@ def _multi_runs(out: Path, size: str, data: dict[str, Any], *, tag: str, seed: i
                      "final_test_loss": res.summary["final_test_loss"],
                      "final_test_error": res.summary.get("final_test_error")})
 
-    model = {"width": _width(size), "depth": 2}
+    model = {"width": _width(size), "depth": 2} if model is None else model
     for k in range(K + 1):
         milestones = [0] + [40 + gap * i for i in range(k)]
         cfg = _cfg(data=data, model=model,
                    train=train({"kind": "critical", "milestones": milestones,
                                 "values": [0.9] + [1.3] * k}),
-                   monitor={"events": {"enabled": True}}, output={"figures": seed == 0})
+                   monitor={"events": {"enabled": True}},
+                   output={"figures": run_figures and seed == 0})
         record(_run(cfg, out / "runs" / f"{tag}-raises{k}-seed{seed}"), k, "raises")
     done = [k for k, res in enumerate(results) if res.status == "completed" and k > 0]
     if done:  # the ramp to the final lr of the most raises that completed (the treatment)

@@ -45,20 +45,29 @@ def _batch_sizes(size: str, n: int) -> list[int]:
 def _batch_runs(out: Path, size: str, data: dict[str, Any] | Callable[[int], dict[str, Any]],
                 *, tag: str,
                 reference: Callable[[list[RunResult]], tuple[torch.Tensor, torch.Tensor]]
-                | None = None) -> list[dict[str, Any]]:
+                | None = None, model: dict[str, Any] | None = None, steps: int | None = None,
+                batch_sizes: list[int] | None = None) -> list[dict[str, Any]]:
     """Every batch size x seed; ``data`` is a data config or ``seed -> data config``. With a
-    ``reference`` (real data), the reference AGOP is taken per seed from that seed's runs."""
+    ``reference`` (real data), the reference AGOP is taken per seed from that seed's runs.
+
+    Overrides (``reproduce architectures``): ``model`` the model section (default: the MLP of
+    depth 2), ``steps`` the steps of every run, ``batch_sizes`` the batch sizes below the full
+    batch (default :func:`_batch_sizes`; the full batch ``n`` is always added last)."""
     data_of = data if callable(data) else (lambda seed: data)
-    steps = {"tiny": 120, "quick": 800, "full": 3000}[size]
+    if steps is None:
+        steps = {"tiny": 120, "quick": 800, "full": 3000}[size]
+    if model is None:
+        model = {"width": {"tiny": 256, "quick": 512, "full": 1024}[size], "depth": 2}
     rows, results = [], []
     for seed in _seeds(size):
         srows, sres = [], []
         d = data_of(seed)
         n = d["n_train"]
-        for b in _batch_sizes(size, n):
+        sizes = (_batch_sizes(size, n) if batch_sizes is None
+                 else [b for b in batch_sizes if b < n] + [n])
+        for b in sizes:
             full = b >= n
-            cfg = _cfg(data=d, model={"width": {"tiny": 256, "quick": 512, "full": 1024}[size],
-                                      "depth": 2},
+            cfg = _cfg(data=d, model=model,
                        train={"optimizer": "gd" if full else "sgd", "lr": 1.0,
                               "batch_size": None if full else b, "steps": steps,
                               "eval_every": 1, "test_every": 200, "seed": seed,
