@@ -4,7 +4,10 @@
 # .bench-venv is a small venv layered on the project's .venv (a .pth file adds .venv's
 # site-packages, so torch and catapults come from there, untouched); the benchmark-only
 # packages go into .bench-venv alone, with --no-deps so pip never resolves torch:
-#   nngeometry==0.4   (baseline (c) of bench_ntk.py)
+#   nngeometry==0.4              (baseline (c) of bench_ntk.py)
+#   PyHessian==0.1               (baseline of bench_hessian.py; needs numpy, from .venv)
+#   hessian-eigenthings==1.0.0a5 (baseline of bench_hessian.py; needs numpy, scipy, tqdm,
+#                                 all in .venv)
 #
 # Usage: bash benchmarks/run.sh [--quick] [extra args, passed to every bench_*.py]
 # Environment: PY (python of the project venv, default .venv/bin/python), BENCH_VENV
@@ -21,7 +24,7 @@ PY="${PY:-$ROOT/.venv/bin/python}"
 BENCH_VENV="${BENCH_VENV:-$ROOT/.bench-venv}"
 export BENCH_OUT="${BENCH_OUT:-$ROOT/runs/benchmarks}"
 export BENCH_WAIT_IDLE="${BENCH_WAIT_IDLE:-3}"
-BENCH_PKGS=("nngeometry==0.4")
+BENCH_PKGS=("nngeometry==0.4" "PyHessian==0.1" "hessian-eigenthings==1.0.0a5")
 
 if [[ ! -x "$PY" ]]; then
     echo "run.sh: $PY not found; run 'make setup' first" >&2
@@ -46,7 +49,7 @@ for pkg in "${BENCH_PKGS[@]}"; do
     fi
 done
 "$BENCH_VENV/bin/python" - <<'EOF'
-import torch, catapults, nngeometry  # noqa: F401
+import torch, catapults, nngeometry, pyhessian, hessian_eigenthings  # noqa: F401
 print(f"bench env: torch {torch.__version__}, catapults from {catapults.__file__}", flush=True)
 EOF
 
