@@ -88,9 +88,10 @@ def _prefix(arch: str, par: str, task: str) -> str:
     return f"{arch}-{par}:" if task == "digits" else f"{arch}-{par}-{task}:"
 
 
-def _not_run(prefix: str, why: str) -> list[Claim]:
-    return [make_claim(f"{prefix}{key}", "architectures", "(not run)", [], reason=why)
-            for key in KEYS]
+def _not_run(prefix: str, why: str, size: str) -> list[Claim]:
+    """The claims of a combination not run, one empty value per seed (as every claim has)."""
+    return [make_claim(f"{prefix}{key}", "architectures", "(not run)",
+                       [None] * len(_seeds(size)), reason=why) for key in KEYS]
 
 
 def _raise_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -186,7 +187,7 @@ def exp_architectures(out: Path, size: str) -> ExperimentResult:
                    "or set $CATAPULTS_DATA")
             for arch in ARCHS:
                 for par in PARAMETERIZATIONS:
-                    claims += _not_run(_prefix(arch, par, name), why)
+                    claims += _not_run(_prefix(arch, par, name), why, size)
     for task in tasks:
         for arch in ARCHS:
             for par in PARAMETERIZATIONS:
@@ -194,7 +195,7 @@ def exp_architectures(out: Path, size: str) -> ExperimentResult:
                     why = (f"{size} size: standard parameterisation is run for "
                            f"{', '.join(SETTINGS[size]['standard'])} only (time budget); "
                            "the full size runs it for every architecture")
-                    claims += _not_run(_prefix(arch, par, task["name"]), why)
+                    claims += _not_run(_prefix(arch, par, task["name"]), why, size)
                     continue
                 c, t, n = _one(out, size, arch, par, task)
                 claims += c

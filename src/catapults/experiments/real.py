@@ -70,7 +70,8 @@ def exp_real(out: Path, size: str) -> ExperimentResult:
         for name in [n for n in FULL_SIZE_SETS if n not in present]:
             why = (f"the {name} files are not present (see `catapults data`); run `make data` "
                    "or set $CATAPULTS_DATA")
-            claims += [make_claim(f"real-{name}:{key}", "real data", "(not run)", [], reason=why)
+            claims += [make_claim(f"real-{name}:{key}", "real data", "(not run)",
+                                  [None] * len(_seeds(size)), reason=why)
                        for key in THRESHOLDS if key.startswith(("gd-multi/", "sgd-batch-size/"))]
     for task in _real_tasks(size):
         name = task["name"]
