@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 from machine import cpu_model
+from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 
 import catapults.curvature.hessian as hess
@@ -64,31 +65,9 @@ K_TOP = 5
 QUIET: dict[str, Any] = {"max_wait_s": 0.0, "waited_s": 0.0, "busy": [], "threshold": 0.1}
 
 
-def _cpu_times() -> tuple[int, int]:
-    with open("/proc/stat") as fh:
-        v = [int(x) for x in fh.readline().split()[1:]]
-    return v[3] + v[4], sum(v)
-
-
 def wait_quiet() -> None:
-    """With ``--wait-idle S``: before a timed call, wait (at most S seconds) until the cores
-    this benchmark needs are free: the other processes use at most ``1 − threads/cores + 0.1``
-    of the machine over a 0.2 s window (on a 2-core machine at 1 thread: at most one busy core,
-    so a neighbour holding one core does not stall every call). The busy fractions are
-    recorded."""
-    if QUIET["max_wait_s"] <= 0 or not os.path.exists("/proc/stat"):
-        return
-    t0 = time.perf_counter()
-    busy = 1.0
-    while time.perf_counter() - t0 < QUIET["max_wait_s"]:
-        i0, a0 = _cpu_times()
-        time.sleep(0.2)
-        i1, a1 = _cpu_times()
-        busy = 1.0 - (i1 - i0) / max(1, a1 - a0)
-        if busy <= QUIET["threshold"]:
-            break
-    QUIET["waited_s"] += time.perf_counter() - t0
-    QUIET["busy"].append(round(busy, 3))
+    """:func:`machine.wait_quiet` with this benchmark's settings (``--wait-idle``)."""
+    _wait_quiet(QUIET)
 
 
 COUNT = {"columns": 0, "hvp_s": 0.0}

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from machine import cpu_model
+from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
@@ -69,30 +70,9 @@ def timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float,
 QUIET = {"max_wait_s": 0.0, "waited_s": 0.0, "busy": []}
 
 
-def _cpu_times() -> tuple[int, int]:
-    with open("/proc/stat") as fh:
-        v = [int(x) for x in fh.readline().split()[1:]]
-    return v[3] + v[4], sum(v)
-
-
 def wait_quiet() -> None:
-    """With ``--wait-idle S``: before a timed call, wait (at most S seconds) until the other
-    processes on the machine use less than 10% of its CPUs over a 0.2 s window (this process is
-    asleep meanwhile); the busy fractions seen are recorded. Other users of a shared machine
-    otherwise distort multi-threaded timings badly."""
-    if QUIET["max_wait_s"] <= 0 or not os.path.exists("/proc/stat"):
-        return
-    t0 = time.perf_counter()
-    busy = 1.0
-    while time.perf_counter() - t0 < QUIET["max_wait_s"]:
-        i0, a0 = _cpu_times()
-        time.sleep(0.2)
-        i1, a1 = _cpu_times()
-        busy = 1.0 - (i1 - i0) / max(1, a1 - a0)
-        if busy < 0.1:
-            break
-    QUIET["waited_s"] += time.perf_counter() - t0
-    QUIET["busy"].append(round(busy, 3))
+    """:func:`machine.wait_quiet` with this benchmark's settings (``--wait-idle``)."""
+    _wait_quiet(QUIET)
 
 
 def rel_err(K: Tensor, K64: Tensor) -> float:

@@ -3,7 +3,10 @@ scripts, which run with this folder on sys.path)."""
 
 from __future__ import annotations
 
+import os
 import platform
+import time
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -16,3 +19,31 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        v = [int(x) for x in fh.readline().split()[1:]]
+    return v[3] + v[4], sum(v)
+
+
+def wait_quiet(quiet: dict[str, Any]) -> None:
+    """Before a timed call, wait at most ``quiet["max_wait_s"]`` seconds until the machine's
+    busy fraction over a 0.2 s window is at most ``quiet.get("threshold", 0.1)`` (this process
+    sleeps meanwhile: the fraction is the other processes'); adds the wait to
+    ``quiet["waited_s"]`` and the fraction seen to ``quiet["busy"]``. Other users of a shared
+    machine otherwise distort timings badly; the record says how busy it was."""
+    if quiet["max_wait_s"] <= 0 or not os.path.exists("/proc/stat"):
+        return
+    t0 = time.perf_counter()
+    busy = 1.0
+    while time.perf_counter() - t0 < quiet["max_wait_s"]:
+        i0, a0 = _cpu_times()
+        time.sleep(0.2)
+        i1, a1 = _cpu_times()
+        busy = 1.0 - (i1 - i0) / max(1, a1 - a0)
+        if busy <= quiet.get("threshold", 0.1):
+            break
+    quiet["waited_s"] += time.perf_counter() - t0
+    quiet["busy"].append(round(busy, 3))

@@ -75,6 +75,22 @@ def test_watch_tracks_sharpness_in_a_plain_loop(tmp_path):
         catapults.watch(model, opt, sharpness=True, batch_kernel=False)
 
 
+def _train_in_batches(model, opt, mon, X, y, *, batch, steps, before_step=None):
+    """``steps`` mini-batch steps of ``batch`` consecutive samples under ``watch``'s ``mon``
+    (``before_step(i, xb)`` is called before each, at the parameters it measures); the
+    summary of ``mon.close()``."""
+    for i in range(steps):
+        xb, yb = X[batch * i:batch * (i + 1)], y[batch * i:batch * (i + 1)]
+        if before_step is not None:
+            before_step(i, xb)
+        loss = torch.nn.functional.mse_loss(model(xb), yb)
+        mon.step(loss, batch=(xb, yb))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return mon.close()
+
+
 def test_the_early_warning_uses_the_momentum_edge_of_each_batch(tmp_path):
     """With heavy-ball SGD the batch rows carry ntk/batch_edge = (1 + beta) x the GD batch
     critical rate, and the flags of the early warning compare the lr with it."""
@@ -85,14 +101,7 @@ def test_the_early_warning_uses_the_momentum_edge_of_each_batch(tmp_path):
     X, y = torch.randn(32, 5), torch.randn(32, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
     mon = catapults.watch(model, opt, probe=(X, y), out=None, every=100, k=1)
-    for i in range(6):
-        xb, yb = X[4 * i:4 * i + 4], y[4 * i:4 * i + 4]
-        loss = torch.nn.functional.mse_loss(model(xb), yb)
-        mon.step(loss, batch=(xb, yb))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    summary = mon.close()
+    summary = _train_in_batches(model, opt, mon, X, y, batch=4, steps=6)
     rows = [r for r in mon.history if metrics.NTK_BATCH_ETA_CRIT in r]
     assert len(rows) == 6
     for r in rows:
@@ -114,15 +123,9 @@ def test_the_early_warning_uses_adams_preconditioned_edge_of_each_batch():
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     mon = catapults.watch(model, opt, probe=(X, y), out=None, every=100, k=1)
     expected = []
-    for i in range(5):
-        xb, yb = X[4 * i:4 * i + 4], y[4 * i:4 * i + 4]
-        expected.append(stability.critical_lr(model, xb, opt) if i else None)
-        loss = torch.nn.functional.mse_loss(model(xb), yb)
-        mon.step(loss, batch=(xb, yb))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    summary = mon.close()
+    summary = _train_in_batches(model, opt, mon, X, y, batch=4, steps=5, before_step=lambda i, xb:
+                                expected.append(stability.critical_lr(model, xb, opt)
+                                                if i else None))
     rows = [r for r in mon.history if metrics.NTK_BATCH_ETA_CRIT in r]
     assert rows[0][metrics.NTK_BATCH_EDGE] is None
     for r, e in zip(rows[1:], expected[1:]):
@@ -217,14 +220,7 @@ def test_an_optimizer_without_a_known_edge_gets_no_threshold_not_a_wrong_one():
     X, y = torch.randn(32, 5), torch.randn(32, 1)
     opt = torch.optim.RMSprop(model.parameters(), lr=50.0)  # far above GD's edge
     mon = catapults.watch(model, opt, probe=(X, y), every=1, k=1, sharpness=True)
-    for i in range(2):
-        xb, yb = X[8 * i:8 * i + 8], y[8 * i:8 * i + 8]
-        loss = torch.nn.functional.mse_loss(model(xb), yb)
-        mon.step(loss, batch=(xb, yb))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    summary = mon.close()
+    summary = _train_in_batches(model, opt, mon, X, y, batch=8, steps=2)
     row = mon.history[0]
     assert row[metrics.SHARPNESS_HESSIAN] > 0 and row[metrics.SHARPNESS_THRESHOLD] is None
     note = summary["monitors"]["sharpness"]["threshold_note"]
