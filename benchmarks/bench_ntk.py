@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import math
 import os
 import platform
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from machine import cpu_model
+from machine import cpu_model, save_result
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
@@ -566,13 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{res['machine']['cpu']}, {args.threads} threads, torch {torch.__version__}, "
           f"load average {res['machine']['loadavg_start'][0]:.2f} -> "
           f"{res['machine']['loadavg_end'][0]:.2f}, total {res['total_s']:.0f} s")
-    if args.json is None and os.environ.get("BENCH_OUT"):
-        args.json = os.path.join(os.environ["BENCH_OUT"],
-                                 "bench_ntk-quick.json" if args.quick else "bench_ntk.json")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=1)
+    save_result(res, args.json, "bench_ntk", quick=args.quick)
     return 0
 
 

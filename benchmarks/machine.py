@@ -3,6 +3,7 @@ scripts, which run with this folder on sys.path)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -47,3 +48,15 @@ def wait_quiet(quiet: dict[str, Any]) -> None:
             break
     quiet["waited_s"] += time.perf_counter() - t0
     quiet["busy"].append(round(busy, 3))
+
+
+def save_result(res: dict[str, Any], path: str | None, name: str, *, quick: bool) -> None:
+    """Write ``res`` as JSON to ``path``, or when None to ``$BENCH_OUT/NAME[-quick].json`` (the
+    convention of benchmarks/run.sh); nothing when neither is set."""
+    if path is None and os.environ.get("BENCH_OUT"):
+        path = os.path.join(os.environ["BENCH_OUT"], f"{name}-quick.json" if quick
+                            else f"{name}.json")
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as fh:
+            json.dump(res, fh, indent=1)

@@ -191,14 +191,23 @@ def _value(row: dict | None, key: str) -> float | None:
     return None if row is None or row.get("status") != "completed" else row.get(key)
 
 
+CONTROLS = ("baseline", "ramp", "weight-decay")
+"""The controls each K-raise run is paired with (rows of kind ``raises`` with 0 raises, ``ramp``
+and ``weight-decay``)."""
+
+
 def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
     """The claims over seeds: per seed, rank correlations over the 0..K raise levels, and
-    paired differences of the K-raise run against its two controls (the below-critical
-    baseline, k = 0, and the smooth ramp to the same final learning rate)."""
+    paired differences of the K-raise run against its controls (:data:`CONTROLS`: the
+    below-critical baseline, k = 0; the smooth ramp to the same final learning rate; the
+    weight decay that shrinks the first layer as much)."""
     seeds = _by_seed(rows)
     follow, align, test, spontaneous = [], [], [], []
-    d_test_base, d_align_base, d_test_ramp, d_align_ramp, ramp_catapults = [], [], [], [], []
-    d_test_wd, d_align_wd, wd_catapults, wd_energy, wd_values = [], [], [], [], []
+    # per control, the paired gains of the treatment: test loss (control - treatment) and
+    # alignment (treatment - control), one entry per seed
+    d_test: dict[str, list[float | None]] = {c: [] for c in CONTROLS}
+    d_align: dict[str, list[float | None]] = {c: [] for c in CONTROLS}
+    ramp_catapults, wd_catapults, wd_energy, wd_values = [], [], [], []
     variant_gain: dict[str, list[float | None]] = {key: [] for key in VARIANTS}
     top_levels: list[int | None] = []
     other_ratio: list[float | None] = []
@@ -217,22 +226,16 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
         # K-raise run diverged: a diverged model has no test loss), against its controls
         top = next((r for r in reversed(lv) if r["status"] == "completed" and r["raises"] > 0),
                    None)
-        base, ramp = _pick(srows, "raises", 0), _pick(srows, "ramp")
+        controls = {"baseline": _pick(srows, "raises", 0), "ramp": _pick(srows, "ramp"),
+                    "weight-decay": _pick(srows, "weight-decay")}
+        base, ramp, wd = controls.values()
         top_levels.append(None if top is None else top["raises"])
-        d_test_base += paired_differences([_value(base, "final_test_loss")],
-                                          [_value(top, "final_test_loss")])
-        d_align_base += paired_differences([_value(top, "agop_alignment")],
-                                           [_value(base, "agop_alignment")])
-        d_test_ramp += paired_differences([_value(ramp, "final_test_loss")],
-                                          [_value(top, "final_test_loss")])
-        d_align_ramp += paired_differences([_value(top, "agop_alignment")],
-                                           [_value(ramp, "agop_alignment")])
+        for name, ctrl in controls.items():
+            d_test[name] += paired_differences([_value(ctrl, "final_test_loss")],
+                                               [_value(top, "final_test_loss")])
+            d_align[name] += paired_differences([_value(top, "agop_alignment")],
+                                                [_value(ctrl, "agop_alignment")])
         ramp_catapults.append(None if ramp is None else ramp["catapults"])
-        wd = _pick(srows, "weight-decay")
-        d_test_wd += paired_differences([_value(wd, "final_test_loss")],
-                                        [_value(top, "final_test_loss")])
-        d_align_wd += paired_differences([_value(top, "agop_alignment")],
-                                         [_value(wd, "agop_alignment")])
         wd_catapults.append(None if wd is None else wd["catapults"])
         wd_energy.append(None if wd is None else wd.get("energy_vs_treatment"))
         wd_values.append(None if wd is None else wd.get("weight_decay"))
@@ -262,11 +265,12 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
         make_claim(f"{prefix}gd-multi/test-loss-gain-vs-baseline", "claim 3",
                    "test loss of the baseline - test loss after the most raises that "
                    "completed (K unless that run diverged; paired by seed)",
-                   d_test_base, control=base_name, d_z=effect_size(d_test_base),
+                   d_test["baseline"], control=base_name, d_z=effect_size(d_test["baseline"]),
                    raises_compared=top_levels),
         make_claim(f"{prefix}gd-multi/alignment-gain-vs-baseline", "claim 3",
                    "AGOP alignment after K raises - that of the baseline (paired by seed)",
-                   d_align_base, control=base_name, d_z=effect_size(d_align_base),
+                   d_align["baseline"], control=base_name,
+                   d_z=effect_size(d_align["baseline"]),
                    # the variants of experiments.features, each as the same paired gain
                    **{f"{key}_gain": variant_gain[key] for key in VARIANTS}),
         make_claim(f"{prefix}gd-multi/irrelevant-energy-ratio-vs-baseline", "claim 3 (mechanism)",
@@ -275,20 +279,21 @@ def _multi_claims(prefix: str, rows: list[dict[str, Any]]) -> list[Claim]:
                    other_ratio, control=base_name, target_directions_ratio=target_ratio),
         make_claim(f"{prefix}gd-multi/test-loss-gain-vs-ramp", "claim 3 (confound)",
                    "test loss of the ramp - test loss after K raises (paired by seed)",
-                   d_test_ramp, control=ramp_name, d_z=effect_size(d_test_ramp),
+                   d_test["ramp"], control=ramp_name, d_z=effect_size(d_test["ramp"]),
                    ramp_catapults=ramp_catapults),
         make_claim(f"{prefix}gd-multi/alignment-gain-vs-ramp", "claim 3 (confound)",
                    "AGOP alignment after K raises - that of the ramp (paired by seed)",
-                   d_align_ramp, control=ramp_name, d_z=effect_size(d_align_ramp),
+                   d_align["ramp"], control=ramp_name, d_z=effect_size(d_align["ramp"]),
                    ramp_catapults=ramp_catapults),
         make_claim(f"{prefix}gd-multi/test-loss-gain-vs-weight-decay", "claim 3 (confound)",
                    "test loss of the weight-decay control - test loss after K raises "
-                   "(paired by seed)", d_test_wd, control=wd_name, d_z=effect_size(d_test_wd),
+                   "(paired by seed)", d_test["weight-decay"], control=wd_name,
+                   d_z=effect_size(d_test["weight-decay"]),
                    **wd_detail),
         make_claim(f"{prefix}gd-multi/alignment-gain-vs-weight-decay", "claim 3 (confound)",
                    "AGOP alignment after K raises - that of the weight-decay control "
-                   "(paired by seed)", d_align_wd, control=wd_name,
-                   d_z=effect_size(d_align_wd), **wd_detail),
+                   "(paired by seed)", d_align["weight-decay"], control=wd_name,
+                   d_z=effect_size(d_align["weight-decay"]), **wd_detail),
     ]
 
 
