@@ -352,3 +352,60 @@ def test_matrix_free_eigenpairs_multiply_blocks_of_vectors(monkeypatch):
     K = reference_kernel(model, X, "full", how="vmap")
     torch.testing.assert_close(vals, torch.linalg.eigvalsh(K).flip(0)[:3], rtol=1e-8, atol=1e-10)
     assert ((K @ vecs - vecs * vals).norm(dim=0) / vals).max() < 1e-7
+
+
+@pytest.mark.parametrize("max_blocks,keep", [(60, None), (12, None), (8, 5), (8, 7)])
+def test_single_vector_lanczos_thick_restarts_against_eigh(max_blocks, keep):
+    """block=1 (the Hessian's setting): thick restarts keep the top Ritz vectors and their Krylov
+    relation, so a small basis still converges to the eigh pairs; the basis stays orthonormal
+    (the residuals read off the Krylov relation are the true ones)."""
+    seed = int(torch.randint(0, 10**6, ()))
+    N, k = 400, 5
+    spec = torch.cat([torch.tensor([40.0, 3.0, 2.95, 2.9, 2.85]),
+                      torch.linspace(2.5, 0.0, N - 5)]).double()
+    K = _psd(N, spec, seed)
+    ref = torch.linalg.eigvalsh(K).flip(0)[:k]
+    count = [0]
+
+    def counted(A):
+        def mm(V):
+            count[0] += V.shape[1]
+            return A @ V
+        return mm
+
+    vals, vecs = block_krylov_top(counted(K), N, k, block=1, max_blocks=max_blocks, keep=keep,
+                                  tol=1e-10)
+    torch.testing.assert_close(vals, ref, rtol=1e-10, atol=1e-10)
+    assert ((K @ vecs - vecs * vals).norm(dim=0) / vals).max() < 1e-9
+    torch.testing.assert_close(vecs.T @ vecs, torch.eye(k, dtype=torch.float64), atol=1e-10,
+                               rtol=0)
+    cold = count[0]
+    # warm start from the k eigenvectors of a perturbed operator, with one vector per block:
+    # the start vector is their sum, so the Krylov space holds them all and converges faster
+    E = torch.randn(N, N, dtype=torch.float64) * 1e-5
+    K2 = K + (E + E.T)
+    count[0] = 0
+    vals2, _ = block_krylov_top(counted(K2), N, k, block=1, max_blocks=max_blocks, keep=keep,
+                                v0=vecs, tol=1e-10)
+    torch.testing.assert_close(vals2, torch.linalg.eigvalsh(K2).flip(0)[:k], rtol=1e-10,
+                               atol=1e-10)
+    assert count[0] < cold
+
+
+def test_block_krylov_floor_stops_on_an_inexact_operator():
+    """Products rounded to float32: a relative tolerance below their accuracy is met through
+    the floor (``10·eps32·|θ_1|``), and the residuals are then at that level."""
+    N, k = 600, 3
+    K = _psd(N, torch.cat([torch.tensor([50.0, 2.0, 1.9]),
+                           torch.linspace(1.5, 0, N - 3)]).double(), 11)
+    K32 = K.float()
+
+    def mm(V):
+        return (K32 @ V.float()).double()
+
+    floor = 10 * torch.finfo(torch.float32).eps
+    vals, vecs = block_krylov_top(mm, N, k, block=1, max_blocks=40, tol=1e-12, floor=floor,
+                                  max_restarts=20)
+    res = (K @ vecs - vecs * vals).norm(dim=0)
+    assert (res <= 1e-12 * vals.abs() + 2 * floor * 50.0 + 1e-5).all()
+    torch.testing.assert_close(vals, torch.linalg.eigvalsh(K).flip(0)[:k], rtol=1e-5, atol=0)

@@ -23,101 +23,118 @@ def block_krylov_top(
     block: int | None = None,
     max_blocks: int = 12,
     max_restarts: int = 100,
+    keep: int | None = None,
+    floor: float | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     seed: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """Top-``k`` eigenpairs of a symmetric positive semi-definite operator ``V ↦ K V``
-    (``matmul`` maps ``(N, b)`` to ``(N, b)``) by restarted block Krylov (block Lanczos with full
-    reorthogonalisation) and Rayleigh-Ritz.
+    """Top-``k`` eigenpairs of a symmetric operator ``V ↦ K V`` (``matmul`` maps ``(N, b)`` to
+    ``(N, b)``) by thick-restarted block Lanczos with full reorthogonalisation and
+    Rayleigh-Ritz; the top is algebraic (largest values first), so ``K`` may be indefinite.
 
     The search space starts from ``v0`` (previous eigenvectors, ``(N, k')``: the warm start of
-    tracking during training), filled up to ``block`` (default ``k + 3``) columns with random
-    vectors. After every block product the Ritz pairs of the whole basis are checked, with the
-    residual norms read off the Krylov relation ``K Q = Q T + Q_next R Eᵀ`` (no extra product),
-    and the solver stops as soon as every ``‖K u_i − θ_i u_i‖ <= tol · θ_i`` (``i <= k``; plus
-    a floor of ``1000·eps·θ_1``). After ``max_blocks`` products it restarts from the top Ritz
-    vectors. All arithmetic is in ``dtype`` (float64 by default), in torch (no second BLAS
-    thread pool). Returns values descending ``(k,)`` and orthonormal vectors ``(N, k)``.
+    tracking during training; beyond ``block`` columns the last start vector is their sum), filled
+    up to ``block`` (default ``k + 3``) columns with random vectors. After every block product the
+    Ritz pairs of the whole basis are checked, with the residual norms read off the Krylov relation
+    ``K Q = Q T + Q_next R Eᵀ`` (no extra product), and the solver stops as soon as every ``‖K u_i −
+    θ_i u_i‖ <= tol·|θ_i| + floor·|θ_1|`` (``i <= k``; ``floor`` defaults to ``1000·eps(dtype)``:
+    raise it to the relative accuracy of an inexact operator, e.g. ``10·eps(float32)`` for float32
+    products). When the basis holds ``max_blocks + 1`` blocks it is thick-restarted: the top
+    ``keep`` Ritz vectors (default: half the basis, at least ``k``) stay, with their Krylov
+    relation, and the iteration goes on from the current next block, so no product is repeated.
+
+    The basis is stored transposed (one contiguous row per vector): the projections are then
+    row-streaming products, which matters when ``N`` is large (a Hessian over millions of
+    parameters), and the second reorthogonalisation pass runs only when the first cancelled
+    more than ``1 − 1/√2`` of a vector's norm (the DGKS criterion). All arithmetic is in
+    ``dtype`` (float64 by default), in torch. Returns values descending ``(k,)`` and
+    orthonormal vectors ``(N, k)``.
 
     One function on purpose: the basis, the projected matrix ``T`` and the restart state are
     shared by every phase of the iteration, and splitting it would pass them all around.
     """
     k = min(k, N)
     b = min(N, block or (k + 3))
-    cap = min(N, b * (max_blocks + 1))
+    cap = max(b * (max_blocks + 1), k + 2 * b)
+    floor = 1e3 * torch.finfo(dtype).eps if floor is None else floor
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
-    def rand(cols: int) -> Tensor:
-        return torch.randn(N, cols, generator=gen, dtype=dtype).to(device)
+    def rand(rows: int) -> Tensor:
+        return torch.randn(rows, N, generator=gen, dtype=dtype).to(device)
 
-    def orth(W: Tensor, Q: Tensor | None) -> Tensor:
-        """Orthonormal columns spanning W, which the caller has made orthogonal to span(Q);
-        directions lost to rank deficiency are replaced by random ones (orthogonal to Q)."""
-        W, R = torch.linalg.qr(W)
+    def orth(Wt: Tensor, Qt: Tensor | None, scale: float) -> Tensor:
+        """Orthonormal rows spanning the rows of Wt, which the caller has made orthogonal to
+        the rows of Qt; ``scale`` is the norm the rows had before that projection. Directions
+        lost to cancellation (below ``1e-12·scale``) are replaced by random ones, and rows that
+        lost most of their norm are projected once more after normalisation, where the
+        rounding left by the projection (``eps·scale``) would otherwise be magnified."""
+        Q, R = torch.linalg.qr(Wt.T)
         d = R.diagonal().abs()
-        bad = d <= 1e-10 * d.max().clamp_min(1e-300)
+        bad = d <= 1e-12 * max(scale, float(d.max()))
         if bool(bad.any()):
-            W = W.clone()
-            W[:, bad] = rand(int(bad.sum()))
+            Q = Q.clone()
+            Q[:, bad] = rand(int(bad.sum())).T
+        if bool(bad.any()) or (Qt is not None and float(d.min()) < 1e-4 * scale):
             for _ in range(2):
-                if Q is not None:
-                    W = W - Q @ (Q.T @ W)
-                W, _ = torch.linalg.qr(W)
-        return W
+                if Qt is not None:
+                    Q = Q - Qt.T @ (Qt @ Q)
+                Q, _ = torch.linalg.qr(Q)
+        return Q.T.contiguous()
 
     def small_eigh(T: Tensor) -> tuple[Tensor, Tensor]:
         w, S = torch.linalg.eigh((T + T.T) / 2)
         return w.flip(0), S.flip(1)
 
-    if cap < b + b or N <= 2 * b:  # tiny problem: the Krylov space is (nearly) everything
-        Q = orth(rand(N), None)
-        w, S = small_eigh(Q.T @ matmul(Q).to(dtype))
-        return w[:k], Q @ S[:, :k]
+    def product(Vt: Tensor) -> Tensor:
+        return matmul(Vt.T).to(dtype).T.contiguous()
 
-    V = rand(b)
+    if N < cap + b:  # small problem: the basis could fill the whole space, so take all of it
+        Qt = orth(rand(N), None, 0.0)
+        w, S = small_eigh(Qt @ product(Qt).T)
+        return w[:k], (S[:, :k].T @ Qt).T
+
+    keep = max(k, min(cap - 2 * b, keep if keep is not None else (cap - b) // 2))
+    Vt = rand(b)
     if v0 is not None and v0.shape[0] == N:
-        start = v0.detach().to(device=device, dtype=dtype).reshape(N, -1)[:, :b]
+        start = v0.detach().to(device=device, dtype=dtype).reshape(N, -1)
+        if start.shape[1] > b:  # more previous vectors than a block: the last column sums the rest
+            start = torch.cat([start[:, :b - 1], start[:, b - 1:].sum(1, keepdim=True)], 1)
         if bool(torch.isfinite(start).all()):
-            V[:, :start.shape[1]] = start
-    V = orth(V, None)
-    Qb = torch.empty(N, cap, dtype=dtype, device=device)
+            Vt[:start.shape[1]] = start.T
+    Qt = torch.empty(cap, N, dtype=dtype, device=device)
+    Qt[:b] = orth(Vt, None, 0.0)
     T = torch.zeros(cap, cap, dtype=dtype, device=device)
-    w = S = None
-    m = 0
-    for _ in range(max_restarts):
-        Qb[:, :b] = V
-        m = b
-        W = matmul(V).to(dtype)
-        while True:
-            Q = Qb[:, :m]
-            C = Q.T @ W  # T[:, last block] = Qᵀ K Q_last
-            W = W - Q @ C
-            C2 = Q.T @ W  # reorthogonalise
-            W = W - Q @ C2
-            C = C + C2
-            T[:m, m - b:m] = C
-            T[m - b:m, :m] = C.T
-            Qn = orth(W, Q) if m + b <= cap else None
-            j = m // b - 1
-            if Qn is None or j < 4 or j % 2 == 0:  # the Rayleigh-Ritz check (skip every other
-                w, S = small_eigh(T[:m, :m])       # one once the basis is large)
-                if Qn is not None:
-                    Rn = Qn.T @ W  # K Q_last = Q C + Qn Rn
-                    res = (Rn @ S[m - b:m, :k]).norm(dim=0)
-                else:
-                    res = (W @ S[m - b:m, :k]).norm(dim=0)
-                floor = 1e3 * torch.finfo(dtype).eps * w[0].abs()
-                if bool((res <= tol * w[:k].abs() + floor).all()):
-                    return w[:k], Q @ S[:, :k]
-            if Qn is None:
-                break
-            Qb[:, m:m + b] = Qn
-            m += b
-            W = matmul(Qn).to(dtype)
-        V = Qb[:, :m] @ S[:, :b]
-    assert w is not None and S is not None
-    return w[:k], Qb[:, :m] @ S[:, :k]
+    m = b
+    Wt = product(Qt[:b])
+    last = max_restarts * (max_blocks + 1) - 1
+    for it in range(last + 1):
+        Q = Qt[:m]
+        before = Wt.norm(dim=1)
+        C = Wt @ Q.T  # (b, m): the last block's column of T, Qᵀ K Q_last
+        Wt -= C @ Q
+        if bool((Wt.norm(dim=1) < 0.7071 * before).any()):  # DGKS: reorthogonalise
+            C2 = Wt @ Q.T
+            Wt -= C2 @ Q
+            C += C2
+        T[:m, m - b:m] = C.T
+        T[m - b:m, :m] = C
+        Qn = orth(Wt, Q, float(before.max()))
+        Rn = Wt @ Qn.T  # K Q_last = Q C + Qnᵀ Rnᵀ (rows)
+        w, S = small_eigh(T[:m, :m])
+        res = (Rn.T @ S[m - b:m, :k]).norm(dim=0)
+        if it == last or bool((res <= tol * w[:k].abs() + floor * w[0].abs()).all()):
+            return w[:k], (S[:, :k].T @ Q).T
+        if m + b > cap:  # thick restart: the top Ritz vectors and their Krylov relation
+            U = S[:, :keep].T @ Q
+            Qt[:keep] = U
+            T.zero_()
+            T[:keep, :keep] = torch.diag(w[:keep])
+            m = keep
+        Qt[m:m + b] = Qn
+        m += b
+        Wt = product(Qn)
+    raise AssertionError("unreachable: the last iteration returns")
 
 
 def eig_top(K: Tensor, k: int, *, v0: Tensor | None = None,
