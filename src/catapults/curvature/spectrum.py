@@ -31,6 +31,7 @@ def top_eigenpairs(
     tol: float = 1e-8,
     max_dense: int = 6000,
     K: Tensor | None = None,
+    block: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Top-``k`` eigenvalues (``(k,)``, descending) and eigenvectors (``(N, k)``) of the NTK.
 
@@ -42,6 +43,9 @@ def top_eigenpairs(
             never forming K or J; full kernel only), or ``"auto"`` (dense up to ``max_dense``
             rows).
         v0: previous eigenvectors ``(N, k')`` to warm-start the iterative solvers.
+        tol: relative residual bound of the iterative solvers; with a float32 model the
+            matrix-free one also allows ``10·eps(float32)·λ_1`` (what its products resolve).
+        block: vectors per product of the matrix-free solver (default ``k + 3``).
         K: a precomputed kernel (of the ``kind`` wanted): its eigenpairs are returned and the
             model is not used.
     """
@@ -72,7 +76,9 @@ def top_eigenpairs(
     def matmul(V: Tensor) -> Tensor:
         return mv(V.to(dt)).to(torch.float64)
 
-    vals, vecs = block_krylov_top(matmul, N, min(k, N), v0=v0, tol=tol, device=dev)
+    floor = 10 * torch.finfo(dt).eps if dt != torch.float64 else None
+    vals, vecs = block_krylov_top(matmul, N, min(k, N), v0=v0, tol=tol, device=dev,
+                                  floor=floor, block=block)
     return vals.to(dt), vecs.to(dt)
 
 
