@@ -11,6 +11,7 @@ Users can register it for their own modules: ``register_ntk_rule(MyBlock, LocalV
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,7 +26,6 @@ from catapults.curvature.ntk_rules.registry import (
     NTKRule,
     register_ntk_rule,
 )
-from catapults.errors import KernelError
 
 
 def float_outputs(out: Any) -> list[Tensor]:
@@ -74,7 +74,7 @@ class LocalVJPRule(NTKRule):
         def one(ts, cots):
             args, kwargs = list(call.args), dict(call.kwargs)
             for t, d, w in zip(ts, dims, where):
-                t1 = t if d is None else t.unsqueeze(d)
+                t1 = self.sample_input(module, w, t if d is None else t.unsqueeze(d))
                 if isinstance(w, int):
                     args[w] = t1
                 else:
@@ -96,21 +96,52 @@ class LocalVJPRule(NTKRule):
         G = torch.cat([g.transpose(0, 1).reshape(b * c, -1) for g in grads.values()], 1)
         return [GradFactor(G)]
 
+    def sample_input(self, module: nn.Module, where: int | str, t: Tensor) -> Tensor:
+        """One sample's input ``where`` (positional index or keyword) as the module takes it,
+        from the batched input with its batch dimension of size 1 (identity by default)."""
+        return t
+
     def _batch_size(self, module: nn.Module, call: Call) -> int:
         return call.input.shape[0]
 
 
+MASK_POSITION = 5  # attn_mask in nn.MultiheadAttention.forward's positional arguments
+
+
 class MultiheadAttentionRule(LocalVJPRule):
+    """``nn.MultiheadAttention``: per-sample gradients by its own VJP, batch along ``batch_first``;
+    ``key_padding_mask`` is per sample, a 2-D ``attn_mask`` shared, and a 3-D ``attn_mask``
+    ``(b·heads, L, S)`` (batch-major, as the module reads it) is split into its samples' head
+    blocks ``(heads, L, S)``."""
+
+    def factors(self, module, call: Call, want, n, c) -> list[Factor]:
+        b = self._batch_size(module, call)
+        args, kwargs = list(call.args), dict(call.kwargs)
+        for key, where in (("attn_mask", kwargs), (MASK_POSITION, args)):
+            mask = where.get(key) if isinstance(where, dict) else (
+                where[key] if len(where) > key else None)
+            if isinstance(mask, Tensor) and mask.dim() == 3:  # the module checked its height
+                where[key] = mask.reshape(b, module.num_heads, *mask.shape[1:])
+        return super().factors(module, replace(call, args=tuple(args), kwargs=kwargs), want,
+                               n, c)
+
+    def sample_input(self, module, where, t):
+        if where in ("attn_mask", MASK_POSITION) and t.dim() == 4:  # (1, heads, L, S)
+            return t.reshape(-1, *t.shape[2:])
+        return t
+
     def batch_dims(self, module, call, b):
         bf = 0 if module.batch_first or call.input.dim() == 2 else 1
+
+        def mask_dim(a: Any) -> int | None:  # per sample when split by factors (4-D)
+            return 0 if isinstance(a, Tensor) and a.dim() == 4 else None
         arg_dims: list[int | None] = []
         for i, a in enumerate(call.args):
-            arg_dims.append(bf if i < 3 else (0 if i == 3 and isinstance(a, Tensor) else None))
-        kw_dims = {k: (0 if k == "key_padding_mask" else None) for k in call.kwargs}
-        mask = call.kwargs.get("attn_mask", call.args[5] if len(call.args) > 5 else None)
-        if isinstance(mask, Tensor) and mask.dim() == 3:
-            raise KernelError("nn.MultiheadAttention with a 3-D attn_mask (batch and heads "
-                              "mixed in one dimension) is not supported by the NTK rules")
+            arg_dims.append(bf if i < 3 else (0 if i == 3 and isinstance(a, Tensor)
+                                               else mask_dim(a) if i == MASK_POSITION
+                                               else None))
+        kw_dims = {k: (0 if k == "key_padding_mask" else mask_dim(v) if k == "attn_mask"
+                       else None) for k, v in call.kwargs.items()}
         return arg_dims, kw_dims, [bf, 0][:len(call.outputs)]
 
     def _batch_size(self, module, call):
