@@ -334,7 +334,7 @@ def test_one_kernel_serves_every_quantity(monkeypatch):
     torch.testing.assert_close(summ.K, K, rtol=1e-10, atol=1e-12)
 
 
-def test_matrix_free_eigenpairs_multiply_blocks_of_vectors(monkeypatch):
+def test_matrix_free_eigenpairs_multiply_blocks_of_vectors_on_request(monkeypatch):
     from catapults.curvature import spectrum
 
     model = MLP(6, 2, width=24, depth=2, dtype=torch.float64, seed=8)
@@ -347,11 +347,15 @@ def test_matrix_free_eigenpairs_multiply_blocks_of_vectors(monkeypatch):
         return lambda V: shapes.append(tuple(V.shape)) or mv(V)
 
     monkeypatch.setattr(spectrum, "ntk_matvec", spy)
-    vals, vecs = top_eigenpairs(model, X, 3, method="lanczos", tol=1e-10)
-    assert shapes and all(len(s) == 2 and s[1] >= 3 for s in shapes)  # blocks, not vectors
     K = reference_kernel(model, X, "full", how="vmap")
-    torch.testing.assert_close(vals, torch.linalg.eigvalsh(K).flip(0)[:3], rtol=1e-8, atol=1e-10)
-    assert ((K @ vecs - vecs * vals).norm(dim=0) / vals).max() < 1e-7
+    for block in (6, 1):  # blocks of batched VJP/JVP pairs on request; one vector by default
+        shapes.clear()
+        kw = {"block": block} if block > 1 else {}
+        vals, vecs = top_eigenpairs(model, X, 3, method="lanczos", tol=1e-10, **kw)
+        assert shapes and all(len(s) == 2 and s[1] == block for s in shapes)
+        torch.testing.assert_close(vals, torch.linalg.eigvalsh(K).flip(0)[:3], rtol=1e-8,
+                                   atol=1e-10)
+        assert ((K @ vecs - vecs * vals).norm(dim=0) / vals).max() < 1e-7
 
 
 @pytest.mark.parametrize("max_blocks,keep", [(60, None), (12, None), (8, 5), (8, 7)])

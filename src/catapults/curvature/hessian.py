@@ -8,15 +8,14 @@ loss, while the NTK form ``2 λ_max(K)/(n·c)`` of its Gauss-Newton part is the 
 model linear in θ and differs for a nonlinear net by the residual-weighted second derivatives.
 
 - :func:`hessian_top_eigenpairs`: the top-``k`` (largest, algebraic) eigenpairs of ``H`` by
-  restarted block Lanczos (:func:`catapults.linalg.eigen.block_krylov_top`) on
-  ``V ↦ H V + σ V``, ``V`` a block of vectors, each product one forward-over-reverse pass per
-  column (``jvp`` of ``grad``, batched with ``vmap``); ``v0`` warm-starts from previous
-  eigenvectors. No shift by default: the solver's Rayleigh-Ritz step orders Ritz values
-  algebraically, so the top of an indefinite ``H`` converges as it is (``shift=None`` first
-  estimates ``|λ_min|`` by a short run on ``−H`` and solves on ``H + σI``; that run cost about
-  three times the solve itself, warm or cold). The default tolerance follows the model's
-  dtype: ``1e-8`` in float64, ``10·eps ≈ 1.2e-6`` in float32, whose products are no more
-  accurate (a float32 solve at ``1e-8`` never stopped before its restart limit).
+  thick-restarted Lanczos (:func:`catapults.linalg.eigen.block_krylov_top`, one vector per
+  step) on ``v ↦ H v + σ v``, each product one backward pass through a gradient graph built
+  once per solve (reverse-over-reverse); ``v0`` warm-starts from previous eigenvectors. No
+  shift by default: the solver's Rayleigh-Ritz step orders Ritz values algebraically, so the
+  top of an indefinite ``H`` converges as it is (``shift=None`` first estimates ``|λ_min|`` by
+  a short run on ``−H`` and solves on ``H + σI``). The default tolerance follows the model's
+  dtype: ``1e-8`` in float64; in float32 ``10·eps ≈ 1.2e-6`` relative to each ``θ_i`` plus
+  the same floor relative to ``√|θ_1 θ_i|``, what float32 products resolve.
 - :func:`hessian_power_step`: one Hessian-vector product per call, for tracking ``λ_max``
   every training step: the Rayleigh quotient of the previous vector, its residual, and one
   power-iteration step.
@@ -125,14 +124,14 @@ def _graph_hvp(value: Callable[[Tensor], Tensor], theta: Tensor) -> Callable[[Te
     return mv
 
 
-def _default_tol(model: nn.Module) -> tuple[float, float | None]:
-    """``(tol, floor)`` by the model's dtype: ``(1e-8, solver default)`` in float64; in float32
-    ``tol = floor = 10·eps ≈ 1.2e-6``: products are no more accurate than that relative to
-    ``‖H‖ ≈ |θ_1|``, so a smaller eigenvalue's residual can only be resolved to about
-    ``1.2e-6·|θ_1|`` (without the floor a float32 solve at tight ``tol`` never stops)."""
+def _default_tol(model: nn.Module) -> tuple[float, float]:
+    """``(tol, floor)`` of :func:`~catapults.linalg.eigen.block_krylov_top` by the model's
+    dtype: ``(1e-8, 0)`` in float64; in float32 ``tol = floor = 10·eps ≈ 1.2e-6``: products are
+    no more accurate than that relative to ``√|θ_1 θ_i|``, so without the floor a float32 solve
+    at a tight ``tol`` on an eigenvalue far below ``θ_1`` never stops."""
     dtype = next((q.dtype for q in model.parameters() if q.is_floating_point()), torch.float64)
     eps = 10 * torch.finfo(dtype).eps
-    return (1e-8, None) if eps <= 1e-8 else (eps, eps)
+    return (1e-8, 0.0) if eps <= 1e-8 else (eps, eps)
 
 
 BASIS_BYTES = 2 * 2**30
@@ -188,7 +187,7 @@ def hessian_power_step(model: nn.Module, X: Tensor, y: Tensor, v: Tensor, *,
 
 def _top_algebraic(op: Callable[[Tensor], Tensor], p: int, k: int, *,
                    device: torch.device, v0: Tensor | None = None, shift: float | None = 0.0,
-                   tol: float = 1e-8, floor: float | None = None, block: int = 1
+                   tol: float = 1e-8, floor: float = 0.0, block: int = 1
                    ) -> tuple[Tensor, Tensor]:
     """Top-``k`` algebraic eigenpairs of a symmetric (possibly indefinite) operator ``op`` by
     the block Krylov solver on ``op + σ I`` (``σ = 0`` by default; ``None``: ``σ ≈ 1.1

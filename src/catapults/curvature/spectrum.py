@@ -31,21 +31,24 @@ def top_eigenpairs(
     tol: float = 1e-8,
     max_dense: int = 6000,
     K: Tensor | None = None,
-    block: int | None = None,
+    block: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Top-``k`` eigenvalues (``(k,)``, descending) and eigenvectors (``(N, k)``) of the NTK.
 
     Args:
         kind: ``"full"`` (default, ``N = n·c``) or ``"trace"`` (``N = n``).
         method: ``"dense"`` (form K, then eigh / Lanczos on it), ``"lanczos"`` (matrix-free:
-            block Lanczos (:func:`~catapults.linalg.eigen.block_krylov_top`) on
-            ``K V = J(Jᵀ V)`` for blocks of ``k + 3`` vectors at once (batched VJP and JVP),
+            thick-restarted Lanczos (:func:`~catapults.linalg.eigen.block_krylov_top`) on
+            ``K v = J(Jᵀ v)`` (one VJP and one JVP per product, ``block`` vectors at once),
             never forming K or J; full kernel only), or ``"auto"`` (dense up to ``max_dense``
             rows).
         v0: previous eigenvectors ``(N, k')`` to warm-start the iterative solvers.
         tol: relative residual bound of the iterative solvers; with a float32 model the
-            matrix-free one also allows ``10·eps(float32)·λ_1`` (what its products resolve).
-        block: vectors per product of the matrix-free solver (default ``k + 3``).
+            matrix-free one works to at least ``10·eps(float32)`` and allows the same relative
+            to ``√(λ_1 λ_i)`` (what its products resolve).
+        block: vectors per product of the matrix-free solver (default 1: a block of batched
+            JVP/VJP pairs cost as much per column as single ones on an MLP and a CNN, and a
+            single-vector Krylov space needs far fewer products: docs/benchmarks.md).
         K: a precomputed kernel (of the ``kind`` wanted): its eigenpairs are returned and the
             model is not used.
     """
@@ -76,9 +79,10 @@ def top_eigenpairs(
     def matmul(V: Tensor) -> Tensor:
         return mv(V.to(dt)).to(torch.float64)
 
-    floor = 10 * torch.finfo(dt).eps if dt != torch.float64 else None
-    vals, vecs = block_krylov_top(matmul, N, min(k, N), v0=v0, tol=tol, device=dev,
-                                  floor=floor, block=block)
+    eps = 10 * torch.finfo(dt).eps
+    vals, vecs = block_krylov_top(matmul, N, min(k, N), v0=v0, tol=max(tol, eps), device=dev,
+                                  floor=eps if eps > 1e-8 else 0.0, block=block,
+                                  max_blocks=max(2, 50 // block))
     return vals.to(dt), vecs.to(dt)
 
 

@@ -24,7 +24,7 @@ def block_krylov_top(
     max_blocks: int = 12,
     max_restarts: int = 100,
     keep: int | None = None,
-    floor: float | None = None,
+    floor: float = 0.0,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     seed: int = 0,
@@ -37,12 +37,14 @@ def block_krylov_top(
     tracking during training; beyond ``block`` columns the last start vector is their sum), filled
     up to ``block`` (default ``k + 3``) columns with random vectors. After every block product the
     Ritz pairs of the whole basis are checked, with the residual norms read off the Krylov relation
-    ``K Q = Q T + Q_next R Eᵀ`` (no extra product), and the solver stops as soon as every ``‖K u_i −
-    θ_i u_i‖ <= tol·|θ_i| + floor·|θ_1|`` (``i <= k``; ``floor`` defaults to ``1000·eps(dtype)``:
-    raise it to the relative accuracy of an inexact operator, e.g. ``10·eps(float32)`` for float32
-    products). When the basis holds ``max_blocks + 1`` blocks it is thick-restarted: the top
-    ``keep`` Ritz vectors (default: half the basis, at least ``k``) stay, with their Krylov
-    relation, and the iteration goes on from the current next block, so no product is repeated.
+    ``K Q = Q T + Q_next R Eᵀ`` (no extra product), and the solver stops as soon as every
+    ``‖K u_i − θ_i u_i‖ <= tol·|θ_i| + floor·√|θ_1 θ_i| + 1000·eps(dtype)·|θ_1|`` (``i <= k``).
+    The last term is the arithmetic's limit; ``floor`` (default 0) is the operator's: products in
+    float32 carry errors of about ``eps32·‖J‖·‖Jᵀu‖ = eps32·√(θ_1 θ_i)`` for a kernel
+    ``J Jᵀ`` (pass ``10·eps(float32)``), so a tight ``tol`` on a small eigenvalue stays reachable.
+    When the basis holds ``max_blocks + 1`` blocks it is thick-restarted: the top ``keep`` Ritz
+    vectors (default: half the basis, at least ``k``) stay, with their Krylov relation, and the
+    iteration goes on from the current next block, so no product is repeated.
 
     The basis is stored transposed (one contiguous row per vector): the projections are then
     row-streaming products, which matters when ``N`` is large (a Hessian over millions of
@@ -60,7 +62,7 @@ def block_krylov_top(
     k = min(k, N)
     b = min(N, block or (k + 3))
     cap = max(b * (max_blocks + 1), k + 2 * b)
-    floor = 1e3 * torch.finfo(dtype).eps if floor is None else floor
+    arith = 1e3 * torch.finfo(dtype).eps
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
     def rand(rows: int) -> Tensor:
@@ -134,7 +136,9 @@ def block_krylov_top(
         Rn = Wt @ Qn.T  # K Q_last = Q C + Qnᵀ Rnᵀ (rows)
         w, S = small_eigh(T[:m, :m])
         res = (Rn.T @ S[m - b:m, :k]).norm(dim=0)
-        if it == last or bool((res <= tol * w[:k].abs() + floor * w[0].abs()).all()):
+        a = w[:k].abs()
+        bound = tol * a + floor * (a * w[0].abs()).sqrt() + arith * w[0].abs()
+        if it == last or bool((res <= bound).all()):
             return w[:k], (S[:, :k].T @ Q).T
         if m + b > cap:  # thick restart: the top Ritz vectors and their Krylov relation
             U = S[:, :keep].T @ Q
