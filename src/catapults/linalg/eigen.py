@@ -48,12 +48,12 @@ def block_krylov_top(
 
     The basis is stored transposed (one contiguous row per vector): the projections are then
     row-streaming products, which matters when ``N`` is large (a Hessian over millions of
-    parameters). Each step projects first on the blocks the new one couples to in exact
-    arithmetic (the previous and the last block, or every kept Ritz vector right after a
-    restart), then once on the whole basis, and a second time only when that pass cancelled
-    more than ``1 − 1/√2`` of a vector's norm (the DGKS criterion): two reads of the basis per
-    step instead of four. All arithmetic is in
-    ``dtype`` (float64 by default), in torch. Returns values descending ``(k,)`` and
+    parameters). Each step projects first on the blocks the new one couples to in exact arithmetic
+    (the previous and the last block, or every kept Ritz vector right after a restart), then once
+    on the whole basis, and a second time only when that pass cancelled more than ``1 − 1/√2`` of
+    a vector's norm (the DGKS criterion): two reads of the basis per step instead of four. After
+    ``max_restarts`` restarts the current Ritz pairs are returned as they are. All arithmetic is
+    in ``dtype`` (float64 by default), in torch. Returns values descending ``(k,)`` and
     orthonormal vectors ``(N, k)``.
 
     One function on purpose: the basis, the projected matrix ``T`` and the restart state are
