@@ -12,7 +12,9 @@ Per seed: is there a catapult (a spike that recovers, events monitor; a divergen
 much of it lies in the top eigendirection (``s = 1``) of the optimizer's kernel (``K`` for
 momentum, whose edge is on ``K``; ``J P⁻¹ Jᵀ`` for Adam, :class:`PreconditionedSplit`) at the
 largest probe loss inside it, and the final test loss and AGOP alignment against the ``0.9 ×``
-run (paired by seed).
+run (paired by seed). Adam's kernel is formed every ``SPLIT_EVERY[size]`` steps (every step
+below the full size); the step the claim needs is measured after the run from its remembered
+parameters and ``P``, so the statistic is the one of measuring every step.
 """
 
 from __future__ import annotations
