@@ -134,3 +134,61 @@ def test_preconditioned_split_is_the_top_direction_of_adams_kernel():
     assert record["ntk/L_top_preconditioned"] == pytest.approx(want, rel=1e-6)
     assert record["ntk/L_top_preconditioned_fixed"] == pytest.approx(want, rel=1e-6)
     assert math.isfinite(want) and want <= float(r @ r) / 10 + 1e-12
+
+
+def test_preconditioned_split_of_remembered_steps_equals_measuring_every_step():
+    """With every = 3 and keep=True the steps in between are remembered, and measuring one after
+    the run gives what measuring every step gave at that step (the top and the fixed-basis
+    split alike); the first step from ``at`` on is measured in the run."""
+    from catapults.models import MLP
+    from catapults.training.callbacks import StepContext
+
+    torch.manual_seed(1)
+    model = MLP(3, 1, width=8, depth=2, seed=1).double()
+    X, y = torch.randn(12, 3, dtype=torch.float64), torch.randn(12, 1, dtype=torch.float64)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    dense, sparse = PreconditionedSplit(at=4), PreconditionedSplit(every=3, at=4, keep=True)
+    rec_dense, rec_sparse = {}, {}
+    for step in range(10):
+        ctx = StepContext(model, opt, torch.device("cpu"), torch.float64, True, step=step)
+        rec_dense[step], rec_sparse[step] = {}, {}
+        dense.on_step_begin(ctx, X, y, rec_dense[step])
+        sparse.on_step_begin(ctx, X, y, rec_sparse[step])
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(X), y).backward()
+        opt.step()
+    assert rec_dense[0] == {} and rec_sparse[0] == {}  # no second moments before step 1
+    assert sorted(s for s, r in rec_sparse.items() if r) == [3, 4, 6, 9]
+    assert sorted(sparse.snapshots) == [1, 2, 5, 7, 8]
+    for step in range(1, 10):
+        got = rec_sparse[step] or sparse.measure(step)
+        assert got.keys() == rec_dense[step].keys()
+        for k, v in rec_dense[step].items():
+            assert got[k] == pytest.approx(v, rel=1e-10, abs=1e-300), (step, k)
+    assert "ntk/L_top_preconditioned_fixed" in rec_dense[5]
+    assert "ntk/L_top_preconditioned_fixed" not in rec_dense[3]
+    # the model after training is the trained one, not a remembered step's
+    assert not torch.equal(next(sparse._model.parameters()), next(model.parameters()))
+
+
+def test_adam_catapult_top_share_is_the_same_measured_every_step_or_after_the_run(
+        tmp_path, monkeypatch):
+    """The claim's statistic at the full size's schedule (the split every k steps, the
+    catapult's peak measured after the run from the remembered step) equals the statistic
+    measured every step, on tiny seed 0 at 1.5x (its catapult peaks at step 11, after the raise
+    at 10: not a multiple of 4)."""
+    from catapults.experiments import stability_catapults as sc
+
+    dense = sc._run_one(tmp_path / "dense", "tiny", 0, "adam", sc.ABOVE)["row"]
+    monkeypatch.setitem(sc.SPLIT_EVERY, "tiny", 4)
+    sparse = sc._run_one(tmp_path / "sparse", "tiny", 0, "adam", sc.ABOVE)["row"]
+    assert dense["catapult"] == sparse["catapult"] == 1.0
+    assert dense["split_measured_after_run"] is False
+    assert sparse["split_measured_after_run"] is True and sparse["catapult_peak_step"] % 4
+    for key in ("top_share", "top_share_fixed_at_raise", "top_share_K", "catapult_peak_step",
+                "final_test_loss", "agop_alignment"):
+        assert sparse[key] == pytest.approx(dense[key], rel=1e-9), key
+    rows = [json.loads(line) for line in
+            (tmp_path / "sparse" / "runs" / "adam-1.5x-seed0" / "metrics.jsonl").open()]
+    measured = [r["step"] for r in rows if "ntk/L_top_preconditioned" in r]
+    assert measured == sorted({*range(4, 80, 4), 10})  # every 4 steps, and the raise

@@ -89,6 +89,30 @@ def test_preconditioned_kernel_against_a_scaled_jacobian():
     assert torch.equal(K, K.T)
 
 
+def test_preconditioned_kernel_from_a_remembered_inverse_preconditioner():
+    """P^-1 read at one moment (adam_inverse_preconditioner) gives that moment's kernel after
+    Adam has stepped on (a copy, not a view of the state); one of optimizer / P^-1, not both."""
+    model, X, y = _problem(4)
+    opt = _adam_state(model, X, y)
+    K_now = stability.preconditioned_kernel(model, X, opt)
+    inv = stability.adam_inverse_preconditioner(model, opt)
+    assert torch.equal(stability.preconditioned_kernel(model, X, inverse_preconditioner=inv),
+                       K_now)
+    weights = [p.detach().clone() for p in model.parameters()]
+    _train(model, opt, X, y, 5)  # v changes (and the parameters, put back below)
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), weights):
+            p.copy_(w)
+    assert not torch.allclose(stability.preconditioned_kernel(model, X, opt), K_now)
+    assert torch.equal(stability.preconditioned_kernel(model, X, inverse_preconditioner=inv),
+                       K_now)
+    for kwargs in ({}, {"optimizer": opt, "inverse_preconditioner": inv}):
+        with pytest.raises(KernelError, match="one of the two"):
+            stability.preconditioned_kernel(model, X, **kwargs)
+    with pytest.raises(KernelError, match="not Adam"):
+        stability.adam_inverse_preconditioner(model, torch.optim.SGD(model.parameters(), lr=1))
+
+
 def test_adam_with_a_frozen_preconditioner_has_the_reported_edge():
     """Adam's linearised dynamics with P frozen at its current value: m <- b1 m + (1-b1) g,
     theta <- theta - eta P^-1 m (after many steps: no bias correction)."""

@@ -17,13 +17,13 @@ from catapults.curvature.hessian import (
     preconditioned_sharpness,
 )
 from catapults.curvature.stability import (
+    adam_inverse_preconditioner,
     adam_started,
     critical_lr,
     optimizer_edge,
     preconditioned_kernel,
 )
 
-__all__ = ["BatchSharpness", "adam_started", "batch_sharpness", "critical_lr",
-           "hessian_power_step", "hessian_top_eigenpairs", "hvp_operator", "optimizer_edge",
-           "preconditioned_kernel",
-           "preconditioned_sharpness"]
+__all__ = ["BatchSharpness", "adam_inverse_preconditioner", "adam_started", "batch_sharpness",
+           "critical_lr", "hessian_power_step", "hessian_top_eigenpairs", "hvp_operator",
+           "optimizer_edge", "preconditioned_kernel", "preconditioned_sharpness"]

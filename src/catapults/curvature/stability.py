@@ -44,8 +44,8 @@ from catapults.curvature.ntk_rules.generic import per_sample_jacobian
 from catapults.errors import KernelError
 from catapults.linalg.gram import gram
 
-__all__ = ["NTK_FORM_ONLY_MSE", "adam_started", "critical_lr", "edge_from_kernel", "optimizer_edge",
-           "preconditioned_kernel"]
+__all__ = ["NTK_FORM_ONLY_MSE", "adam_inverse_preconditioner", "adam_started", "critical_lr",
+           "edge_from_kernel", "optimizer_edge", "preconditioned_kernel"]
 
 
 def optimizer_edge(optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
@@ -117,16 +117,36 @@ def _adam_scales(model: nn.Module, optimizer: torch.optim.Optimizer,
     return scales
 
 
-def preconditioned_kernel(model: nn.Module, X: Tensor,
-                          optimizer: torch.optim.Optimizer) -> Tensor:
-    """``J P⁻¹ Jᵀ`` (full, ``(n·c) × (n·c)``) with Adam's diagonal preconditioner
-    ``P = diag(√v̂ + ε)`` read from ``optimizer``'s state: the kernel whose top eigenvalue sets
-    Adam's edge. Computed from per-sample Jacobians (exact; the generic path's cost)."""
+def adam_inverse_preconditioner(model: nn.Module,
+                                optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """Adam's ``P⁻¹ = 1 / (√v̂ + ε)`` per trainable parameter name, read from ``optimizer``'s
+    state as it is now (new tensors: a snapshot that later steps do not change). With
+    :func:`preconditioned_kernel`'s ``inverse_preconditioner`` it gives the kernel of this
+    moment after training has moved on."""
     edge = optimizer_edge(optimizer)
     if edge["kind"] != "adam":
-        raise KernelError("preconditioned_kernel: the optimizer is not Adam / AdamW")
+        raise KernelError("adam_inverse_preconditioner: the optimizer is not Adam / AdamW")
+    return _adam_scales(model, optimizer, edge)
+
+
+def preconditioned_kernel(model: nn.Module, X: Tensor,
+                          optimizer: torch.optim.Optimizer | None = None, *,
+                          inverse_preconditioner: dict[str, Tensor] | None = None) -> Tensor:
+    """``J P⁻¹ Jᵀ`` (full, ``(n·c) × (n·c)``) with Adam's diagonal preconditioner
+    ``P = diag(√v̂ + ε)`` read from ``optimizer``'s state: the kernel whose top eigenvalue sets
+    Adam's edge. Computed from per-sample Jacobians (exact; the generic path's cost). Instead of
+    the optimizer, ``inverse_preconditioner``: ``P⁻¹`` per parameter name as
+    :func:`adam_inverse_preconditioner` returns it (one of the two, not both)."""
+    if (optimizer is None) == (inverse_preconditioner is None):
+        raise KernelError("preconditioned_kernel: give the optimizer or its "
+                          "inverse_preconditioner (one of the two)")
+    scales = inverse_preconditioner
+    if optimizer is not None:
+        edge = optimizer_edge(optimizer)
+        if edge["kind"] != "adam":
+            raise KernelError("preconditioned_kernel: the optimizer is not Adam / AdamW")
+        scales = _adam_scales(model, optimizer, edge)
     X = on_model_device(model, X)
-    scales = _adam_scales(model, optimizer, edge)
     names = list(trainable_params(model))
     missing = [n for n in names if n not in scales]
     if missing:

@@ -12,11 +12,14 @@ Per seed: is there a catapult (a spike that recovers, events monitor; a divergen
 much of it lies in the top eigendirection (``s = 1``) of the optimizer's kernel (``K`` for
 momentum, whose edge is on ``K``; ``J P⁻¹ Jᵀ`` for Adam, :class:`PreconditionedSplit`) at the
 largest probe loss inside it, and the final test loss and AGOP alignment against the ``0.9 ×``
-run (paired by seed).
+run (paired by seed). Adam's kernel is formed every ``SPLIT_EVERY[size]`` steps (every step
+below the full size); the step the claim needs is measured after the run from its remembered
+parameters and ``P``, so the statistic is the one of measuring every step.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,12 @@ import torch
 from torch import Tensor
 
 from catapults import metrics
-from catapults.curvature.stability import adam_started, optimizer_edge, preconditioned_kernel
+from catapults.curvature.stability import (
+    adam_inverse_preconditioner,
+    adam_started,
+    optimizer_edge,
+    preconditioned_kernel,
+)
 from catapults.experiments.claims import Claim, make_claim
 from catapults.experiments.common import (
     _cfg,
@@ -46,6 +54,11 @@ ABOVE, BELOW = 1.5, 0.9
 ADAM_WARM_LR = 1e-3
 ADAM_WARM = {"tiny": 10, "quick": 20, "full": 20}
 OPTIMIZERS = ("momentum", "adam")
+SPLIT_EVERY = {"tiny": 1, "quick": 1, "full": 10}
+"""Adam's split in the top direction of ``J P⁻¹ Jᵀ`` is measured every this many steps (and at
+the raise); at the full size (over 3 s a measurement, n = 1024, p = 10⁵) the other steps are
+remembered and the one the claim needs, the first catapult's largest probe loss, is measured
+after the run (:class:`PreconditionedSplit`): the same statistic as measuring every step."""
 
 
 class PreconditionedSplit(Callback):
@@ -54,32 +67,65 @@ class PreconditionedSplit(Callback):
     state) on the step's batch (the full batch in GD-style runs) and ``r = f(X) − y``; every
     ``every`` steps once Adam has second moments. Beside the NTK monitor's ``ntk/L``. From step
     ``at`` on also ``ntk/L_top_preconditioned_fixed``: the same with ``u₁`` of step ``at`` kept
-    (the kernel whose frozen ``P`` defines the edge at a raise there)."""
+    (the kernel whose frozen ``P`` defines the edge at a raise there; the first step from ``at``
+    on at which Adam has second moments is always measured).
+
+    The kernel costs ``O((n·c)² p)`` a measurement (seconds at the full size), so with
+    ``keep=True`` the steps in between are not measured but remembered: the parameters, ``P⁻¹``
+    and the batch of each, in memory (two copies of the parameters a step), and
+    :meth:`measure` computes the split of any of them after the run, with the same numbers as
+    a measurement during the run (the catapult's peak, known only once the run is over)."""
 
     name = "preconditioned-split"
 
-    def __init__(self, every: int = 1, at: int | None = None) -> None:
-        self.every, self.at = every, at
+    def __init__(self, every: int = 1, at: int | None = None, keep: bool = False) -> None:
+        self.every, self.at, self.keep = every, at, keep
         self.u_fixed: Tensor | None = None
+        self.snapshots: dict[int, tuple[dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]] = {}
+        self._model: torch.nn.Module | None = None
 
     def on_step_begin(self, state: StepContext, X: Tensor, y: Tensor,
                       record: dict[str, Any]) -> None:
         opt = state.optimizer
-        if (state.step % self.every or opt is None or optimizer_edge(opt)["kind"] != "adam"
-                or not adam_started(opt)):
+        if opt is None or optimizer_edge(opt)["kind"] != "adam" or not adam_started(opt):
+            return
+        first_fixed = self.at is not None and state.step >= self.at and self.u_fixed is None
+        if not (state.step % self.every == 0 or first_fixed or self.keep):
             return
         X, y = X.to(state.device, state.dtype), y.to(state.device, state.dtype)
-        Kp = preconditioned_kernel(state.model, X, opt)
+        inv = adam_inverse_preconditioner(state.model, opt)
+        if state.step % self.every == 0 or first_fixed:
+            record.update(self._split(state.model, X, y, inv, state.step))
+        else:
+            if self._model is None:
+                self._model = copy.deepcopy(state.model)
+            params = {k: v.detach().clone() for k, v in state.model.named_parameters()}
+            self.snapshots[state.step] = (params, inv, X, y)
+
+    def measure(self, step: int) -> dict[str, float]:
+        """The split of a step that was remembered and not measured (``keep=True``): the
+        records a measurement at that step would have written."""
+        params, inv, X, y = self.snapshots[step]
+        assert self._model is not None
+        with torch.no_grad():
+            for k, v in self._model.named_parameters():
+                v.copy_(params[k])
+        return self._split(self._model, X, y, inv, step)
+
+    def _split(self, model: torch.nn.Module, X: Tensor, y: Tensor, inv: dict[str, Tensor],
+               step: int) -> dict[str, float]:
+        Kp = preconditioned_kernel(model, X, inverse_preconditioner=inv)
         _, vecs = torch.linalg.eigh(Kp.double())
         with torch.no_grad():
-            r = (state.model(X).reshape(X.shape[0], -1) - y.reshape(X.shape[0], -1))
+            r = (model(X).reshape(X.shape[0], -1) - y.reshape(X.shape[0], -1))
         r = r.reshape(-1).double()
-        record[metrics.NTK_L_TOP_PRECONDITIONED] = float((vecs[:, -1] @ r) ** 2) / r.numel()
-        if self.at is not None and state.step >= self.at:
+        out = {metrics.NTK_L_TOP_PRECONDITIONED: float((vecs[:, -1] @ r) ** 2) / r.numel()}
+        if self.at is not None and step >= self.at:
             if self.u_fixed is None:
                 self.u_fixed = vecs[:, -1].clone()
-            record[metrics.NTK_L_TOP_PRECONDITIONED_FIXED] = (float((self.u_fixed @ r) ** 2)
-                                                              / r.numel())
+            out[metrics.NTK_L_TOP_PRECONDITIONED_FIXED] = (float((self.u_fixed @ r) ** 2)
+                                                            / r.numel())
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"u_fixed": self.u_fixed}
@@ -104,8 +150,11 @@ def _run_one(out: Path, size: str, seed: int, opt: str, mult: float) -> dict[str
                train=train, monitor={"ntk": {"enabled": True, "every": 1, "k": 5},
                                      "events": {"enabled": True}},
                output={"figures": False, "checkpoint": False})
+    every = SPLIT_EVERY[size]
+    split = (PreconditionedSplit(every=every, at=raise_at, keep=every > 1) if opt == "adam"
+             else None)
     res = _run(cfg, out / "runs" / f"{opt}-{mult:g}x-seed{seed}",
-               callbacks=[PreconditionedSplit(at=raise_at)] if opt == "adam" else None)
+               callbacks=None if split is None else [split])
     events = _read_events(res)
     caps = [e for e in events if e.get("kind", "catapult") == "catapult" and e.get("recovered")]
     G_ref, X_ref = _synthetic_reference(data)
@@ -119,6 +168,7 @@ def _run_one(out: Path, size: str, seed: int, opt: str, mult: float) -> dict[str
                            **_final_features(res, G_ref, X_ref)}
     row["catapult"] = float(res.status == "completed" and bool(caps))
     row["top_share"] = row["top_share_K"] = row["top_share_fixed_at_raise"] = None
+    row["split_measured_after_run"] = None if split is None else False
     if caps and res.status == "completed":
         ev = caps[0]
         inside = [r for r in res.history if ev["start"] <= r["step"] <= ev["end"]
@@ -126,6 +176,10 @@ def _run_one(out: Path, size: str, seed: int, opt: str, mult: float) -> dict[str
                   and r[metrics.NTK_L] > 0]
         if inside:
             peak = max(inside, key=lambda r: r[metrics.NTK_L])
+            if (split is not None and metrics.NTK_L_TOP_PRECONDITIONED not in peak
+                    and peak["step"] in split.snapshots):  # not measured in the run: now
+                peak.update(split.measure(peak["step"]))
+                row["split_measured_after_run"] = True
             row["top_share_K"] = peak[metrics.NTK_L_TOP_BY_S][0] / peak[metrics.NTK_L]
             top = (peak[metrics.NTK_L_TOP_BY_S][0] if opt == "momentum"
                    else peak.get(metrics.NTK_L_TOP_PRECONDITIONED))
@@ -134,6 +188,8 @@ def _run_one(out: Path, size: str, seed: int, opt: str, mult: float) -> dict[str
             row["top_share_fixed_at_raise"] = (None if fixed is None
                                                else fixed / peak[metrics.NTK_L])
             row["catapult_start"], row["catapult_peak_step"] = ev["start"], peak["step"]
+    if split is not None:
+        split.snapshots.clear()
     curve = [{"optimizer": opt, "multiple": mult, "step": r["step"], "loss": r["loss"],
               "L_top_1": (r[metrics.NTK_L_TOP_BY_S][0] if opt == "momentum" and
                           r.get(metrics.NTK_L_TOP_BY_S) else
