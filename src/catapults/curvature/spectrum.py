@@ -47,8 +47,8 @@ def top_eigenpairs(
             matrix-free one works to at least ``10·eps(float32)`` and allows the same relative
             to ``√(λ_1 λ_i)`` (what its products resolve).
         block: vectors per product of the matrix-free solver (default 1: a block of batched
-            JVP/VJP pairs cost as much per column as single ones on an MLP and a CNN, and a
-            single-vector Krylov space needs far fewer products: docs/benchmarks.md).
+            JVP/VJP pairs cost nearly as much per column as single ones on an MLP and a CNN,
+            and needed 3-4x more products for the same accuracy: docs/benchmarks.md).
         K: a precomputed kernel (of the ``kind`` wanted): its eigenpairs are returned and the
             model is not used.
     """
