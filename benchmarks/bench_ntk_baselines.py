@@ -13,7 +13,8 @@ Sections (``--only``, repeatable):
              (``backward`` of ``f(X).sum()`` in chunks of ``--backpack-chunk`` samples) then
              ``G Gᵀ``, (e) neural-tangents 0.6.5 ``empirical_ntk_fn(...,
              implementation=STRUCTURED_DERIVATIVES)``, jitted, in a separate process of the JAX
-             venv (``--jax-python``, default ``$JAX_PYTHON`` or /work/jax-venv/bin/python):
+             venv (``--jax-python``, default ``$JAX_PYTHON`` or ../jax-venv/bin/python next to the
+             repository, as benchmarks/run.sh builds it with ``BENCH_JAX=1``):
              the same weights and inputs through an .npz file, compile time excluded,
              ``block_until_ready``; its median is compared with (a) timed ``repeats`` times just
              before and ``repeats`` times just after it in this process (both medians recorded).
@@ -306,7 +307,8 @@ def interleaved(fns: dict[str, Callable[[], Tensor]], repeats: int, info: dict[s
 
 # ---- (e) neural-tangents in the JAX venv --------------------------------------------------------
 def jax_python(arg: str | None) -> str | None:
-    for cand in (arg, os.environ.get("JAX_PYTHON"), "/work/jax-venv/bin/python"):
+    default = HERE.parent.parent / "jax-venv" / "bin" / "python"  # run.sh's default JAX_VENV
+    for cand in (arg, os.environ.get("JAX_PYTHON"), str(default)):
         if cand and os.path.exists(cand):
             return cand
     return None
@@ -591,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="samples per BackPACK backward pass (default 256)")
     ap.add_argument("--no-jax", action="store_true", help="skip neural-tangents")
     ap.add_argument("--jax-python", default=None,
-                    help="python of the JAX venv (default $JAX_PYTHON or /work/jax-venv)")
+                    help="python of the JAX venv (default $JAX_PYTHON or ../jax-venv)")
     ap.add_argument("--jax-timeout", type=float, default=1800)
     ap.add_argument("--no-memory", action="store_true", help="no peak-memory probes")
     ap.add_argument("--memory-cnn", action="store_true", help="peak-memory probes on the CNN too")
