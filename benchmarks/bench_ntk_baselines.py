@@ -34,10 +34,11 @@ Agreement: ``||K_method - K_default||_F / ||K_default||_F`` for every method.
 
 Peak memory (``--memory``, default on for wrn/vit, ``--memory-cnn`` for the CNN): each method
 once in a fresh subprocess of this script (``--probe``): it builds the same model and inputs,
-reads its resident set (VmRSS) just before the call, runs the call once, and reports
-``ru_maxrss`` (the process's high-water resident set) minus that: the extra resident memory the
-call needed at its peak (allocator caches included; K itself is part of it). Compared with the
-size of K (``n² x 4`` bytes) and of the Jacobian J (``n x p x 4``).
+resets the resident high-water mark just before the call (``echo 5 > /proc/self/clear_refs``),
+reads its resident set (VmRSS), runs the call once, and reports the high-water mark (VmHWM)
+minus that: the extra resident memory the call needed at its peak (K itself is part of it).
+Not ``getrusage``'s ``ru_maxrss``: Linux carries it over fork and exec from the parent.
+Compared with the size of K (``n² x 4`` bytes) and of the Jacobian J (``n x p x 4``).
 
 Threads: ``torch.set_num_threads(--threads)`` (default 1: the machine this was written on has
 2 cores shared with other work) for every torch method; the JAX process gets
@@ -60,7 +61,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -351,12 +351,23 @@ def run_jax(py: str, model: nn.Module, X: Tensor, repeats: int, threads: int,
 
 
 # ---- peak memory in a fresh process -----------------------------------------------------------
-def _vmrss_bytes() -> int:
+def _status_bytes(field: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its high-water mark) of this process."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _reset_hwm() -> bool:
+    """Reset VmHWM to the current resident set (``echo 5 > /proc/self/clear_refs``, Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def probe(spec: dict[str, Any]) -> dict[str, Any]:
@@ -368,17 +379,21 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["method"] not in fns:
         return {"error": info.get(f"{spec['method']}_error", "not set up")}
     gc.collect()
-    before = _vmrss_bytes()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # not getrusage's ru_maxrss: Linux keeps it across fork + exec, so a probe started by a
+    # benchmark process that had grown to 10 GB reported 10 GB whatever it did (seen here)
+    hwm_before_reset = _status_bytes("VmHWM")
+    reset = _reset_hwm()
+    before = _status_bytes("VmRSS")
     t0 = time.perf_counter()
     try:
         K = fns[spec["method"]]()
     except Exception as exc:  # noqa: BLE001
         return {"error": f"{type(exc).__name__}: {exc}"[:500]}
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"rss_before_bytes": before, "maxrss_before_call_bytes": peak_before,
-            "maxrss_bytes": peak, "peak_extra_bytes": peak - before, "single_call_s": wall,
+    peak = _status_bytes("VmHWM")
+    return {"rss_before_bytes": before, "hwm_before_call_bytes": hwm_before_reset,
+            "hwm_reset_before_call": reset, "hwm_bytes": peak,
+            "peak_extra_bytes": peak - before, "single_call_s": wall,
             "K_bytes": K.numel() * K.element_size()}
 
 
@@ -413,6 +428,8 @@ def bench_case(arch: str, side: int, n: int, args: argparse.Namespace, *, with_j
     names = [k for k in names if k not in args.skip]
     info: dict[str, Any] = {}
     fns = method_fns(arch, model, X, names, args.backpack_chunk, info)
+    if args.memory_only:
+        fns, with_jax = {}, False
     times, outs = interleaved(fns, args.repeats, info)
     row.update(info)
     ref = outs.get("default")
@@ -423,6 +440,10 @@ def bench_case(arch: str, side: int, n: int, args: argparse.Namespace, *, with_j
             row[f"{k}_rel_fro_vs_default"] = rel_fro(outs[k], ref)
     if row.get(f"{row.get('auto_takes')}_is_default") and "default_s" in row:
         row[f"{row['auto_takes']}_s"] = row["default_s"]
+    if "default" in times:  # their time / ours in the same round (interleaved), median
+        for k, ts in times.items():
+            row[f"{k}_over_default_paired"] = statistics.median(
+                [a / b for a, b in zip(ts, times["default"])])
     msg = ", ".join(f"{k} {row[k + '_s']:.2f} s" for k in times)
     log(f"  {arch} 3x{side}x{side} n={n} (p={p}, auto->{row.get('auto_takes')}): {msg}")
     if with_jax:
@@ -597,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jax-timeout", type=float, default=1800)
     ap.add_argument("--no-memory", action="store_true", help="no peak-memory probes")
     ap.add_argument("--memory-cnn", action="store_true", help="peak-memory probes on the CNN too")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the peak-memory probes (no timings, no neural-tangents)")
     ap.add_argument("--probe-timeout", type=float, default=1800)
     ap.add_argument("--wait-idle", type=float, metavar="S",
                     default=float(os.environ.get("BENCH_WAIT_IDLE", 0) or 0),
@@ -628,13 +651,15 @@ def main(argv: list[str] | None = None) -> int:
         for item in sizes.split(","):
             side, n = (int(v) for v in item.split(":"))
             res["cases"].append(bench_case("cnn", side, n, args, with_jax=not args.no_jax,
-                                           memory=args.memory_cnn and not args.no_memory))
+                                           memory=((args.memory_cnn or args.memory_only)
+                                                   and not args.no_memory)))
             save_result(res, args.json, "bench_ntk_baselines", quick=args.quick)  # partial
     for arch in ("wrn", "vit"):
         if arch in only:
             log(f"{arch} ...")
             res["cases"].append(bench_case(arch, 32, n_big, args, with_jax=False,
-                                           memory=not (args.no_memory or args.quick)))
+                                           memory=args.memory_only or not (args.no_memory
+                                                                          or args.quick)))
             save_result(res, args.json, "bench_ntk_baselines", quick=args.quick)
     res["targets"] = targets(res)
     res["machine"]["loadavg_end"] = os.getloadavg()
