@@ -307,8 +307,10 @@ def interleaved(fns: dict[str, Callable[[], Tensor]], repeats: int, info: dict[s
 
 # ---- (e) neural-tangents in the JAX venv --------------------------------------------------------
 def jax_python(arg: str | None) -> str | None:
+    if arg:  # given explicitly: that one or none
+        return arg if os.path.exists(arg) else None
     default = HERE.parent.parent / "jax-venv" / "bin" / "python"  # run.sh's default JAX_VENV
-    for cand in (arg, os.environ.get("JAX_PYTHON"), str(default)):
+    for cand in (os.environ.get("JAX_PYTHON"), str(default)):
         if cand and os.path.exists(cand):
             return cand
     return None
