@@ -55,7 +55,8 @@ from catapults.curvature.checks import (
     on_model_device,
     trainable_params,
 )
-from catapults.curvature.ntk_rules import attention, conv, embedding, norm  # noqa: F401 (rules)
+from catapults.curvature.ntk_rules import attention, embedding, norm  # noqa: F401 (rules)
+from catapults.curvature.ntk_rules.conv import register_conv_rule
 from catapults.curvature.ntk_rules.engine import plan, rules_ntk
 from catapults.curvature.ntk_rules.generic import generic_ntk, per_sample_jacobian
 from catapults.curvature.ntk_rules.linear import LINEAR_RULES, register_linear_rule
@@ -71,8 +72,8 @@ from catapults.errors import KernelError
 from catapults.linalg.gram import mirror_upper_
 
 __all__ = ["LINEAR_RULES", "METHODS", "NTK_RULES", "GradFactor", "HadamardFactor", "NTKRule",
-           "empirical_ntk", "ntk_matvec", "per_sample_jacobian", "register_linear_rule",
-           "register_ntk_rule", "unregister_ntk_rule"]
+           "empirical_ntk", "ntk_matvec", "per_sample_jacobian", "register_conv_rule",
+           "register_linear_rule", "register_ntk_rule", "unregister_ntk_rule"]
 
 METHODS = ("auto", "rules", "jacobian", "matvec")
 _ALIASES = {"fast": "rules", "generic": "jacobian"}

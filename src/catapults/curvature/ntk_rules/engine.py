@@ -165,13 +165,19 @@ def _cotangents(f: Tensor, calls: dict[str, list[Call]]) -> None:
                                  retain_graph=j < c - 1, allow_unused=True)
         for slot, g, (call, k) in zip(got, gs, live):
             slot.append(torch.zeros_like(call.outputs[k]) if g is None else g.detach())
+    filled = {(id(call), k): slot for slot, (call, k) in zip(got, live)}
     for cs in calls.values():
         for call in cs:
-            call.cotangents = [torch.zeros(c, *o.shape, dtype=o.dtype, device=o.device)
-                               for o in call.outputs]
+            call.cotangents = [
+                _stack(filled[id(call), k]) if (id(call), k) in filled
+                else torch.zeros(c, *o.shape, dtype=o.dtype, device=o.device)
+                for k, o in enumerate(call.outputs)]
             call.outputs = [o.detach() for o in call.outputs]
-    for slot, (call, k) in zip(got, live):
-        call.cotangents[k] = torch.stack(slot)
+
+
+def _stack(slot: list[Tensor]) -> Tensor:
+    """``(c, *shape)`` from the ``c`` gradients (a view for ``c = 1``)."""
+    return slot[0].unsqueeze(0) if len(slot) == 1 else torch.stack(slot)
 
 
 def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 2e9,
