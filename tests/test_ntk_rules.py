@@ -125,6 +125,17 @@ def test_conv_rule_in_chunks_of_one_sample_and_scaled_tiny_maps(monkeypatch, c):
     check(model, X, methods=("rules", "auto"), covered=1.0)
 
 
+def test_conv_rule_on_channels_last_inputs():
+    """Patches copied in runs of channels: the same kernel from a channels-last input."""
+    torch.manual_seed(_seed())
+    model = ConvNet(ScaledConv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=True), 2).double()
+    X = torch.randn(5, 4, 6, 7, dtype=torch.float64)
+    model(X)
+    K_ref = check(model, X)
+    K = empirical_ntk(model, X.contiguous(memory_format=torch.channels_last), method="rules")
+    assert ((K - K_ref).abs().max() / K_ref.abs().max()).item() < 1e-10
+
+
 def test_float32_conv_kernel_matches_float64():
     torch.manual_seed(_seed())
     model = ConvNet(nn.Conv2d(3, 8, 3, padding=1), 2)

@@ -90,30 +90,46 @@ def geometry(mod: nn.Module) -> ConvGeometry:
                         getattr(mod, "padding_mode", "zeros"), int(getattr(mod, "groups", 1)))
 
 
+def channels_last(x: Tensor) -> bool:
+    """True when ``x`` ``(b, C, *spatial)`` has its channels innermost in memory."""
+    return x.dim() >= 3 and x.shape[1] > 1 and x.stride(1) == 1 and not x.is_contiguous()
+
+
 def patches(geo: ConvGeometry, x: Tensor) -> Tensor:
-    """im2col of ``x`` ``(b, in, *spatial)``: ``(b, groups, da, T)`` with ``da`` ordered as the
-    weight's ``(in/groups, *kernel)`` and ``T`` the output positions in order. One strided copy
-    of the padded input (a view when no copy is needed: a 1×1 convolution with stride 1)."""
+    """im2col of ``x`` ``(b, in, *spatial)``: ``(b, groups, da, T)`` with ``da`` ordered as
+    ``(*kernel, in/groups)`` and ``T`` the output positions in order, whatever the memory
+    layout of ``x``. One strided copy of the padded input, ordered for the layout: patch rows
+    ``(b, groups, T, da)`` returned transposed for channels-last inputs (contiguous runs of
+    channels), ``(b, groups, da, T)`` otherwise (contiguous runs of positions); a view when no
+    copy is needed (a 1×1 convolution with stride 1)."""
     if any(geo.pad):
         mode = "constant" if geo.padding_mode == "zeros" else geo.padding_mode
-        x = F.pad(x, geo.pad, mode=mode)
-    x = x.contiguous()
+        x = F.pad(x, geo.pad, mode=mode)  # keeps the memory layout
+    if not (x.is_contiguous() or channels_last(x)):
+        x = x.contiguous()
     b, cin, *sp = x.shape
     G = geo.groups
+    cg = cin // G
     out = [(s - d * (k - 1) - 1) // st + 1
            for s, k, d, st in zip(sp, geo.kernel, geo.dilation, geo.stride)]
     st = x.stride()
-    view = x.as_strided(
-        (b, G, cin // G, *geo.kernel, *out),
-        (st[0], st[1] * (cin // G), st[1], *(d * s for d, s in zip(geo.dilation, st[2:])),
-         *(k * s for k, s in zip(geo.stride, st[2:]))), x.storage_offset())
-    kk = 1
+    ker = [(k, d * s) for k, d, s in zip(geo.kernel, geo.dilation, st[2:])]
+    pos = [(o, t * s) for o, t, s in zip(out, geo.stride, st[2:])]
+    kk = T = 1
     for k in geo.kernel:
         kk *= k
-    T = 1
     for o in out:
         T *= o
-    return view.reshape(b, G, cin // G * kk, T)
+    head = [(b, st[0]), (G, st[1] * cg)]
+    if channels_last(x):  # (b, G, *out, *k, cg): runs of channels
+        dims = head + pos + ker + [(cg, st[1])]
+        return _strided(x, dims).reshape(b, G, T, kk * cg).transpose(2, 3)
+    dims = head + ker + [(cg, st[1])] + pos  # (b, G, *k, cg, *out): runs of positions
+    return _strided(x, dims).reshape(b, G, kk * cg, T)
+
+
+def _strided(x: Tensor, dims: list[tuple[int, int]]) -> Tensor:
+    return x.as_strided([d for d, _ in dims], [s for _, s in dims], x.storage_offset())
 
 
 def hadamard_cheaper(n: int, c: int, T: int, da: int, dg: int) -> bool:
@@ -126,17 +142,17 @@ def hadamard_cheaper(n: int, c: int, T: int, da: int, dg: int) -> bool:
 
 def weight_grads(geo: ConvGeometry, x: Tensor, cot: Tensor, sw: float = 1.0) -> Tensor:
     """Per-sample weight gradients ``(b·c, groups·da·dg)`` (sample-major rows; columns in the
-    order ``(group, in/groups, *kernel, out/groups)``) of a convolution with input ``x``
-    ``(b, in, *spatial)`` and output cotangents ``cot`` ``(c, b, out, *out_spatial)``, scaled
-    by ``sw``; chunks of samples hold about :data:`PATCH_BYTES` of patches."""
+    order ``(group, *kernel, in/groups, out/groups)`` whatever the memory layout) of a
+    convolution with input ``x`` ``(b, in, *spatial)`` and output cotangents ``cot``
+    ``(c, b, out, *out_spatial)``, scaled by ``sw``; chunks of samples hold about
+    :data:`PATCH_BYTES` of patches."""
     c, b, out = cot.shape[:3]
     G = geo.groups
     dg = out // G
     T = cot[0, 0, 0].numel()
-    if c == 1:  # (b·G, T, dg): a view of the cotangent
-        gop = cot.reshape(b * G, dg, T).transpose(1, 2)
-    else:  # (b·G, T, c·dg): the c outputs of a sample side by side
-        gop = cot.reshape(c, b, G, dg, T).permute(1, 2, 4, 0, 3).reshape(b * G, T, c * dg)
+    # (b·G, T, c·dg): the c outputs of a sample side by side (a view of the cotangent when
+    # c = 1 and groups = 1, in either memory layout)
+    gop = cot.flatten(3).unflatten(2, (G, dg)).permute(1, 2, 4, 0, 3).reshape(b * G, T, c * dg)
     da = x.shape[1] // G
     for k in geo.kernel:
         da *= k
@@ -144,7 +160,7 @@ def weight_grads(geo: ConvGeometry, x: Tensor, cot: Tensor, sw: float = 1.0) -> 
     step = max(1, PATCH_BYTES // max(1, G * da * T * x.element_size()))
     for i in range(0, b, step):
         s = min(step, b - i)
-        P = patches(geo, x[i:i + step]).reshape(s * G, da, T)
+        P = patches(geo, x[i:i + step]).flatten(0, 1)  # (s·G, da, T)
         B = gop[i * G:(i + s) * G]
         if c == 1:
             torch.baddbmm(P.new_zeros(()), P, B, beta=0.0, alpha=sw,
