@@ -13,7 +13,10 @@ back to its inputs); one also used elsewhere (``F.linear(h, self.emb.weight)``, 
 ``forward`` is bypassed) goes to the generic path.
 
 Memory: the forward and backward passes run on chunks of samples sized from ``memory_budget``
-(activations times ``c + 2``); the rules' factors are kept for all samples.
+(activations times ``c + 2``) and at most :data:`CHUNK_ACTIVATION_BYTES` of activations (their
+feature maps then stay in cache while the rules use them: on the issue's CNN with 3×32×32 inputs
+the forward and backward passes ran 2x faster in chunks of 16-64 samples than of 158); the
+rules' factors are kept for all samples.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from catapults.curvature.ntk_rules.generic import _activation_numel, auto_chunk,
 from catapults.curvature.ntk_rules.registry import Call, Factor, NTKRule, rule_for
 from catapults.errors import KernelError
 from catapults.linalg.gram import mirror_upper_
+
+CHUNK_ACTIVATION_BYTES = 64 * 2**20
+"""Activations (outputs of the leaf modules) of one chunk of samples on the rules path."""
 
 
 @dataclass
@@ -189,8 +195,9 @@ def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 
     with torch.no_grad():
         f1 = model(X[:1]).reshape(1, -1)
     c, dtype = f1.shape[1], f1.dtype
-    per = f1.element_size() * 2 * (c + 2) * _activation_numel(model, X[:1])
-    step = chunk_size or auto_chunk(n, per, memory_budget / 2)
+    act = f1.element_size() * _activation_numel(model, X[:1])
+    step = chunk_size or min(auto_chunk(n, 2 * (c + 2) * act, memory_budget / 2),
+                             auto_chunk(n, act, CHUNK_ACTIVATION_BYTES))
     ruled = pl.ruled
     per_chunk: list[list[Factor]] = []
     outs = []
