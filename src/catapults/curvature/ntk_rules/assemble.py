@@ -23,7 +23,7 @@ from torch import Tensor
 
 from catapults.curvature.ntk_rules.registry import Factor, GradFactor, HadamardFactor
 from catapults.errors import KernelError
-from catapults.linalg.gram import default_block, gram, sum_of_gram_products, syrk_upper_
+from catapults.linalg.gram import add_gram_products_upper_, default_block, gram, syrk_upper_
 
 HADAMARD_MAX_ENTRIES = 2**25
 WIDE = 1024
@@ -117,7 +117,7 @@ def use_hadamard(f: HadamardFactor, n: int, c: int, kind: str) -> bool:
 
 def _hadamard_vectors(fs: list[HadamardFactor], n: int, c: int, kind: str, K: Tensor) -> None:
     """Add the ``T = 1`` factors (dense layers on vectors) to ``K``, blockwise on the upper
-    triangle (:func:`sum_of_gram_products` for the trace kernel)."""
+    triangle (:func:`add_gram_products_upper_` for the trace kernel)."""
     if kind == "trace" or c == 1:
         terms = []
         for f in fs:
@@ -130,7 +130,7 @@ def _hadamard_vectors(fs: list[HadamardFactor], n: int, c: int, kind: str, K: Te
             elif f.sb != 0.0:
                 terms.append((H, None, f.sb ** 2, 0.0))
         if terms:
-            K.add_(sum_of_gram_products(terms, n, K.dtype, K.device))
+            add_gram_products_upper_(K, terms)
         return
     Kv = K.view(n, c, n, c)
     for f in fs:

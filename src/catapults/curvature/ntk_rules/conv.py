@@ -176,6 +176,12 @@ class ConvRule(NTKRule):
     """``weight`` ``(out, in/groups, *k)``, ``bias`` ``(out,)`` or None, scaled by
     ``scales(module)`` = ``(sw, sb)`` (default ``(1, 1)``)."""
 
+    # The same work as the generic path's per-sample gradients (one forward, one backward, the
+    # per-sample weight gradients, their Gram): measured 1.2-1.5x less CPU time on one thread
+    # at n = 1000, but not faster in wall time on two threads of the loaded shared machine
+    # (docs/benchmarks.md), so method="auto" keeps the generic path for conv nets.
+    per_sample = True
+
     def __init__(self, scales: ConvScales | None = None) -> None:
         self.scales = scales
 

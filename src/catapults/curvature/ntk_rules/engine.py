@@ -13,10 +13,11 @@ back to its inputs); one also used elsewhere (``F.linear(h, self.emb.weight)``, 
 ``forward`` is bypassed) goes to the generic path.
 
 Memory: the forward and backward passes run on chunks of samples sized from ``memory_budget``
-(activations times ``c + 2``) and at most :data:`CHUNK_ACTIVATION_BYTES` of activations (their
-feature maps then stay in cache while the rules use them: on the issue's CNN with 3×32×32 inputs
-the forward and backward passes ran 2x faster in chunks of 16-64 samples than of 158); the
-rules' factors are kept for all samples.
+(activations times ``c + 2``) and so that no activation (output of a leaf module) of a chunk
+exceeds :data:`CHUNK_ACTIVATION_BYTES` (feature maps then stay in cache while the next layers
+and the rules use them: on the issue's CNN with 3×32×32 inputs the forward and backward passes
+ran 2x faster in chunks of 16-64 samples than of 158; an MLP's chunks stay whole); the rules'
+factors are kept for all samples.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from catapults.curvature.ntk_rules.registry import Call, Factor, NTKRule, rule_f
 from catapults.errors import KernelError
 from catapults.linalg.gram import mirror_upper_
 
-CHUNK_ACTIVATION_BYTES = 64 * 2**20
-"""Activations (outputs of the leaf modules) of one chunk of samples on the rules path."""
+CHUNK_ACTIVATION_BYTES = 16 * 2**20
+"""The largest activation (output of a leaf module) of one chunk of samples on the rules path."""
 
 
 @dataclass
@@ -196,8 +197,9 @@ def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 
         f1 = model(X[:1]).reshape(1, -1)
     c, dtype = f1.shape[1], f1.dtype
     act = f1.element_size() * _activation_numel(model, X[:1])
+    big = f1.element_size() * _activation_numel(model, X[:1], largest=True)
     step = chunk_size or min(auto_chunk(n, 2 * (c + 2) * act, memory_budget / 2),
-                             auto_chunk(n, act, CHUNK_ACTIVATION_BYTES))
+                             auto_chunk(n, big, CHUNK_ACTIVATION_BYTES))
     ruled = pl.ruled
     per_chunk: list[list[Factor]] = []
     outs = []
