@@ -28,12 +28,14 @@ method       how                                                fastest when
              trainable parameters, else ``jacobian``
 ============ ================================================== ==================================
 
-Measured (docs/benchmarks.md, 2-core AMD EPYC): on an MLP the rules path is the old fast path
-(same time); on a conv net whose weights are mostly in 3×3 convolutions on 16×16-32×32 maps,
-the rules path forms the same per-sample weight gradients as ``vmap(jacrev)`` plus one more
-forward and backward pass and measured 1.3-1.4x SLOWER than ``jacobian``, so ``auto`` takes
-``jacobian`` there (convolution and local-VJP rules are marked ``per_sample``). ``rules`` still
-pays off for mixed models where the rest of the weights are dense layers, norms or embeddings.
+Measured (docs/benchmarks.md, 2-core AMD EPYC): on an MLP the rules path is the old fast path;
+on a conv net whose weights are mostly in 3×3 convolutions on 16×16-32×32 maps, the exact kernel
+needs the per-sample weight gradients either way (one forward pass, one backward pass, the
+gradients, their Gram). The conv rule forms them from strided patches and batched products and
+measured 1.1-1.3x less time than ``jacobian`` on one thread (n = 256-1000), but 0.64-1.26x on
+two threads of the loaded shared machine, so ``auto`` still takes ``jacobian`` there
+(convolution and local-VJP rules are marked ``per_sample``). ``rules`` pays off for mixed models
+where the rest of the weights are dense layers, norms or embeddings.
 
 ``"fast"`` and ``"generic"`` are the old names of ``"rules"`` and ``"jacobian"``.
 Every method refuses models whose per-sample outputs depend on other samples (BatchNorm in
