@@ -88,6 +88,24 @@ def test_gram_blocks():
     torch.testing.assert_close(gram(A, block=700), A @ A.T)
 
 
+@pytest.mark.parametrize("block", [None, 7, 64])
+def test_gram_products_accumulated_on_the_upper_blocks(block):
+    from catapults.linalg.gram import add_gram_products_upper_, mirror_upper_
+
+    n = 50
+    H, F, H2, L = (torch.randn(n, d, dtype=torch.float64) for d in (6, 4, 3, 5))
+    terms = [(H, F, 0.3, 0.0), (H2, F, 1.0, 0.7), (L, None, 2.0, 0.0)]
+    K0 = torch.randn(n, n, dtype=torch.float64)
+    K = add_gram_products_upper_(K0.clone(), terms, block)
+    dense = (H @ H.T) * (0.3 * F @ F.T) + (H2 @ H2.T) * (F @ F.T + 0.7) + 2.0 * L @ L.T
+    upper = torch.ones(n, n, dtype=torch.bool).triu()
+    torch.testing.assert_close(K[upper], (K0 + dense)[upper])
+    blk = torch.arange(n) // (block or n)
+    below = blk[:, None] > blk[None, :]  # below the diagonal blocks: untouched
+    torch.testing.assert_close(K[below], K0[below])
+    torch.testing.assert_close(mirror_upper_(K - K0.triu() - K0.triu(1).T), dense)
+
+
 def test_float32_fast_path_matches_float64():
     model = MLP(20, 1, width=256, depth=3, seed=3)
     X = torch.randn(300, 20)

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from references import reference_kernel, trace_kernel, vmap_jacobian
 from torch import nn
 
-from catapults.curvature.ntk_rules import assemble
+from catapults.curvature.ntk_rules import assemble, conv
 from catapults.curvature.ntk_rules.engine import plan
+from catapults.models import ScaledConv2d
 from catapults.ntk import (
     GradFactor,
     KernelError,
@@ -45,8 +46,8 @@ class ConvNet(nn.Module):
     def __init__(self, conv, c, pool=True):
         super().__init__()
         self.conv = conv
-        self.conv2 = nn.Conv2d(conv.out_channels, 4, 3, padding=1) if conv.weight.dim() == 4 \
-            else nn.Conv1d(conv.out_channels, 4, 3, padding=1)
+        nxt = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}[conv.weight.dim()]
+        self.conv2 = nxt(conv.out_channels, 4, 3, padding=1)
         self.fc = nn.LazyLinear(c)
         self.pool = pool
 
@@ -62,7 +63,28 @@ CONVS = {
                                              bias=False),
     "conv1d-stride2-groups": lambda: nn.Conv1d(4, 6, 3, stride=2, groups=2, padding=1),
     "1x1-valid": lambda: nn.Conv2d(3, 4, 1),
+    "same-even-kernel-dil": lambda: nn.Conv2d(3, 4, (2, 4), padding="same", dilation=(2, 1)),
+    "conv1d-circular-dil": lambda: nn.Conv1d(2, 4, 3, padding=2, dilation=2,
+                                             padding_mode="circular"),
+    "replicate-stride-nonsquare": lambda: nn.Conv2d(3, 4, (3, 2), stride=(2, 1),
+                                                    padding=(1, 2), padding_mode="replicate"),
+    "conv3d-stride-dil-groups": lambda: nn.Conv3d(4, 6, (2, 3, 3), stride=(1, 2, 1),
+                                                  dilation=(1, 1, 2), padding=(1, 0, 2),
+                                                  groups=2),
+    "conv3d-valid-nobias": lambda: nn.Conv3d(3, 4, 2, bias=False),
+    # the NTK-parameterised convolution of the toolkit's cnn and wrn models
+    "scaled-ntk-stride2-groups-bias": lambda: ScaledConv2d(
+        4, 6, 3, stride=2, padding=1, groups=2, bias=True, bias_scale=0.5),
+    "scaled-ntk-dil": lambda: ScaledConv2d(3, 4, 3, padding=2, dilation=2),
+    "scaled-standard-bias": lambda: ScaledConv2d(3, 4, 3, bias=True,
+                                                 parameterization="standard"),
 }
+SHAPES = {3: (6, 11), 4: (6, 5, 7), 5: (5, 4, 5, 6)}  # (n, *spatial) by the weight's dim
+
+
+def _conv_input(conv):
+    n, *spatial = SHAPES[conv.weight.dim()]
+    return torch.randn(n, conv.in_channels, *spatial, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("name", sorted(CONVS))
@@ -70,8 +92,7 @@ CONVS = {
 def test_conv_rules_against_vmap_reference(name, c):
     torch.manual_seed(_seed())
     conv = CONVS[name]()
-    shape = (6, conv.in_channels, 11) if conv.weight.dim() == 3 else (6, conv.in_channels, 5, 7)
-    X = torch.randn(*shape, dtype=torch.float64)
+    X = _conv_input(conv)
     model = ConvNet(conv, c, pool=name != "1x1-valid").double()
     model(X)  # materialise the lazy layer
     check(model, X, covered=1.0)
@@ -87,6 +108,32 @@ def test_conv_against_finite_differences_and_tiny_map_hadamard():
         K = empirical_ntk(model, X, kind=kind)
         torch.testing.assert_close(K, reference_kernel(model, X, kind, how="fd"), rtol=1e-6,
                                    atol=1e-7)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_conv_rule_in_chunks_of_one_sample_and_scaled_tiny_maps(monkeypatch, c):
+    """Per-sample gradients formed one sample at a time (patch budget of one byte); a scaled
+    convolution on a 2x2 map and another down to 1x1 (the Hadamard form, with its scales)."""
+    torch.manual_seed(_seed())
+    monkeypatch.setattr(conv, "PATCH_BYTES", 1)
+    model = nn.Sequential(
+        ScaledConv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=True, bias_scale=0.7),
+        nn.Tanh(), nn.Conv2d(6, 4, 3, stride=2, padding=1), nn.Tanh(),
+        ScaledConv2d(4, 3, 2, bias=True, bias_scale=1.3), nn.Tanh(), nn.Flatten(),
+        nn.Linear(3, c)).double()
+    X = torch.randn(7, 4, 7, 6, dtype=torch.float64)
+    check(model, X, methods=("rules", "auto"), covered=1.0)
+
+
+def test_conv_rule_on_channels_last_inputs():
+    """Patches copied in runs of channels: the same kernel from a channels-last input."""
+    torch.manual_seed(_seed())
+    model = ConvNet(ScaledConv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=True), 2).double()
+    X = torch.randn(5, 4, 6, 7, dtype=torch.float64)
+    model(X)
+    K_ref = check(model, X)
+    K = empirical_ntk(model, X.contiguous(memory_format=torch.channels_last), method="rules")
+    assert ((K - K_ref).abs().max() / K_ref.abs().max()).item() < 1e-10
 
 
 def test_float32_conv_kernel_matches_float64():

@@ -17,6 +17,7 @@ from catapults.curvature.ntk import (
     empirical_ntk,
     ntk_matvec,
     per_sample_jacobian,
+    register_conv_rule,
     register_linear_rule,
     register_ntk_rule,
     unregister_ntk_rule,
@@ -42,5 +43,5 @@ __all__ = [
     "block_krylov_top", "check_per_sample",
     "NTKSummary", "critical_lr", "critical_rate", "eig_top", "empirical_ntk", "gram", "lambda_max",
     "loss_split", "ntk_matvec", "ntk_summary", "on_model_device", "per_sample_jacobian",
-    "register_linear_rule", "split_from_eigvecs", "top_eigenpairs",
+    "register_conv_rule", "register_linear_rule", "split_from_eigvecs", "top_eigenpairs",
 ]

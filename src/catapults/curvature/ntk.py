@@ -28,12 +28,14 @@ method       how                                                fastest when
              trainable parameters, else ``jacobian``
 ============ ================================================== ==================================
 
-Measured (docs/benchmarks.md, 2-core AMD EPYC): on an MLP the rules path is the old fast path
-(same time); on a conv net whose weights are mostly in 3×3 convolutions on 16×16-32×32 maps,
-the rules path forms the same per-sample weight gradients as ``vmap(jacrev)`` plus one more
-forward and backward pass and measured 1.3-1.4x SLOWER than ``jacobian``, so ``auto`` takes
-``jacobian`` there (convolution and local-VJP rules are marked ``per_sample``). ``rules`` still
-pays off for mixed models where the rest of the weights are dense layers, norms or embeddings.
+Measured (docs/benchmarks.md, 2-core AMD EPYC): on an MLP the rules path is the old fast path;
+on a conv net whose weights are mostly in 3×3 convolutions on 16×16-32×32 maps, the exact kernel
+needs the per-sample weight gradients either way (one forward pass, one backward pass, the
+gradients, their Gram). The conv rule forms them from strided patches and batched products and
+measured 1.1-1.3x less time than ``jacobian`` on one thread (n = 256-1000), but 0.64-1.26x on
+two threads of the loaded shared machine, so ``auto`` still takes ``jacobian`` there
+(convolution and local-VJP rules are marked ``per_sample``). ``rules`` pays off for mixed models
+where the rest of the weights are dense layers, norms or embeddings.
 
 ``"fast"`` and ``"generic"`` are the old names of ``"rules"`` and ``"jacobian"``.
 Every method refuses models whose per-sample outputs depend on other samples (BatchNorm in
@@ -55,7 +57,8 @@ from catapults.curvature.checks import (
     on_model_device,
     trainable_params,
 )
-from catapults.curvature.ntk_rules import attention, conv, embedding, norm  # noqa: F401 (rules)
+from catapults.curvature.ntk_rules import attention, embedding, norm  # noqa: F401 (rules)
+from catapults.curvature.ntk_rules.conv import register_conv_rule
 from catapults.curvature.ntk_rules.engine import plan, rules_ntk
 from catapults.curvature.ntk_rules.generic import generic_ntk, per_sample_jacobian
 from catapults.curvature.ntk_rules.linear import LINEAR_RULES, register_linear_rule
@@ -71,8 +74,8 @@ from catapults.errors import KernelError
 from catapults.linalg.gram import mirror_upper_
 
 __all__ = ["LINEAR_RULES", "METHODS", "NTK_RULES", "GradFactor", "HadamardFactor", "NTKRule",
-           "empirical_ntk", "ntk_matvec", "per_sample_jacobian", "register_linear_rule",
-           "register_ntk_rule", "unregister_ntk_rule"]
+           "empirical_ntk", "ntk_matvec", "per_sample_jacobian", "register_conv_rule",
+           "register_linear_rule", "register_ntk_rule", "unregister_ntk_rule"]
 
 METHODS = ("auto", "rules", "jacobian", "matvec")
 _ALIASES = {"fast": "rules", "generic": "jacobian"}

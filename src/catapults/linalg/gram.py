@@ -106,3 +106,37 @@ def syrk_upper_(A: Tensor, F: Tensor, block: int) -> Tensor:
     for i in range(0, d, block):
         A[i:i + block, i:].addmm_(F[:, i:i + block].T, F[:, i:])
     return A
+
+
+def add_gram_products_upper_(K: Tensor, terms: list[tuple[Tensor, Tensor | None, float, float]],
+                             block: int | None = None) -> Tensor:
+    """``K += Σ (H Hᵀ) ∘ (cw · F Fᵀ + cb)`` over ``terms = [(H, F, cw, cb)]`` (``cw · H Hᵀ``
+    where ``F`` is None; ``H`` and ``F`` have ``n`` rows, ``K`` is ``n × n``), on the blocks
+    on and above the diagonal only: call :func:`mirror_upper_` once the accumulation is done.
+    Returns ``K``.
+
+    One row of blocks at a time: each factor's Gram block is one product (``cw`` inside it)
+    into a reused buffer, and the Hadamard product is accumulated into ``K`` in the same pass
+    (``addcmul_``); a term without ``F`` is one ``addmm_`` straight into ``K``. No ``n × n``
+    temporaries and no mirroring per call, unlike :func:`sum_of_gram_products`."""
+    n = K.shape[0]
+    block = block or default_block(n)
+    width = min(block, n) * n
+    P = Q = None
+    for i in range(0, n, block):
+        r = slice(i, i + block)
+        Kr = K[r, i:]
+        shape = Kr.shape
+        for H, F, cw, cb in terms:
+            if F is None:
+                Kr.addmm_(H[r], H[i:].T, alpha=cw)
+                continue
+            if P is None:
+                P = K.new_empty(width)
+                Q = K.new_empty(width)
+            Pb = torch.mm(F[r], F[i:].T, out=P[:shape.numel()].view(shape))
+            Qb = torch.mm(H[r], H[i:].T, out=Q[:shape.numel()].view(shape))
+            Kr.addcmul_(Qb, Pb, value=cw)
+            if cb != 0.0:
+                Kr.add_(Qb, alpha=cb)
+    return K

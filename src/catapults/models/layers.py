@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from catapults.curvature.ntk import register_linear_rule
+from catapults.curvature.ntk import register_conv_rule, register_linear_rule
 
 
 class ScaledLinear(nn.Module):
@@ -136,6 +136,9 @@ class ScaledConv2d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
                 f"bias={self.bias is not None}, parameterization={self.parameterization!r}")
+
+
+register_conv_rule(ScaledConv2d, lambda mod: (mod.weight_scale, mod.bias_scale))
 
 
 NORMS = ("none", "batch", "layer", "group")

@@ -23,9 +23,11 @@ from torch import Tensor
 
 from catapults.curvature.ntk_rules.registry import Factor, GradFactor, HadamardFactor
 from catapults.errors import KernelError
-from catapults.linalg.gram import gram, sum_of_gram_products
+from catapults.linalg.gram import add_gram_products_upper_, default_block, gram, syrk_upper_
 
 HADAMARD_MAX_ENTRIES = 2**25
+WIDE = 1024
+"""Per-sample gradient factors with at least this many columns get their own Gram products."""
 
 
 def merge_calls(per_call: list[list[Factor]], name: str) -> list[Factor]:
@@ -115,7 +117,7 @@ def use_hadamard(f: HadamardFactor, n: int, c: int, kind: str) -> bool:
 
 def _hadamard_vectors(fs: list[HadamardFactor], n: int, c: int, kind: str, K: Tensor) -> None:
     """Add the ``T = 1`` factors (dense layers on vectors) to ``K``, blockwise on the upper
-    triangle (:func:`sum_of_gram_products` for the trace kernel)."""
+    triangle (:func:`add_gram_products_upper_` for the trace kernel)."""
     if kind == "trace" or c == 1:
         terms = []
         for f in fs:
@@ -128,7 +130,7 @@ def _hadamard_vectors(fs: list[HadamardFactor], n: int, c: int, kind: str, K: Te
             elif f.sb != 0.0:
                 terms.append((H, None, f.sb ** 2, 0.0))
         if terms:
-            K.add_(sum_of_gram_products(terms, n, K.dtype, K.device))
+            add_gram_products_upper_(K, terms)
         return
     Kv = K.view(n, c, n, c)
     for f in fs:
@@ -168,8 +170,9 @@ def _hadamard_positions(f: HadamardFactor, n: int, c: int, kind: str, K: Tensor)
 
 def assemble(factors: list[Factor], n: int, c: int, kind: str, dtype: torch.dtype,
              device: torch.device, memory_budget: float) -> Tensor:
-    """``Σ`` of the factors' contributions: ``(n·c)²`` (full) or ``n²`` (trace), symmetric up
-    to rounding (the caller mirrors the sum once)."""
+    """``Σ`` of the factors' contributions: ``(n·c)²`` (full) or ``n²`` (trace), right on and
+    above the diagonal only (the per-sample gradients' products are not computed below it):
+    the caller mirrors the upper triangle once (:func:`catapults.linalg.gram.mirror_upper_`)."""
     N = n if kind == "trace" else n * c
     K = torch.zeros(N, N, dtype=dtype, device=device)
     grads: list[Tensor] = []
@@ -185,12 +188,21 @@ def assemble(factors: list[Factor], n: int, c: int, kind: str, dtype: torch.dtyp
         else:
             grads.append(to_grad(f, n * c))
     _hadamard_vectors(vectors, n, c, kind, K)
-    grads = [G.reshape(N, -1) for G in grads if G.shape[1] > 0]  # trace: (n, c·m)
-    if grads:
-        cols = sum(G.shape[1] for G in grads)
-        if len(grads) > 1 and N * cols * K.element_size() <= memory_budget:
-            K.add_(gram(torch.cat(grads, 1)))  # one large product is the fastest
-        else:
-            for G in grads:
-                K.add_(gram(G))
+    _add_grams_upper(K, [G.reshape(N, -1) for G in grads if G.shape[1] > 0], memory_budget)
     return K
+
+
+def _add_grams_upper(K: Tensor, grads: list[Tensor], memory_budget: float) -> None:
+    """``K += Σ G Gᵀ`` on the blocks on and above the diagonal only (the caller mirrors), in
+    place (no ``N × N`` temporaries); each wide ``G`` (at least :data:`WIDE` columns) in its own
+    products, the narrow ones (bias, norms) joined into one matrix first, while that fits
+    ``memory_budget``: a product per factor would cost a pass over ``K`` each."""
+    N = K.shape[0]
+    wide = [G for G in grads if G.shape[1] >= WIDE]
+    narrow = [G for G in grads if G.shape[1] < WIDE]
+    cols = sum(G.shape[1] for G in narrow)
+    if len(narrow) > 1 and N * cols * K.element_size() <= memory_budget:
+        narrow = [torch.cat(narrow, 1)]
+    block = default_block(N)
+    for G in wide + narrow:
+        syrk_upper_(K, G.T, block)

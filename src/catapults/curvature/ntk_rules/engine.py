@@ -13,7 +13,11 @@ back to its inputs); one also used elsewhere (``F.linear(h, self.emb.weight)``, 
 ``forward`` is bypassed) goes to the generic path.
 
 Memory: the forward and backward passes run on chunks of samples sized from ``memory_budget``
-(activations times ``c + 2``); the rules' factors are kept for all samples.
+(activations times ``c + 2``) and so that no activation (output of a leaf module) of a chunk
+exceeds :data:`CHUNK_ACTIVATION_BYTES` (feature maps then stay in cache while the next layers
+and the rules use them: on the issue's CNN with 3×32×32 inputs the forward and backward passes
+ran 2x faster in chunks of 16-64 samples than of 158; an MLP's chunks stay whole); the rules'
+factors are kept for all samples.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from catapults.curvature.ntk_rules.generic import _activation_numel, auto_chunk,
 from catapults.curvature.ntk_rules.registry import Call, Factor, NTKRule, rule_for
 from catapults.errors import KernelError
 from catapults.linalg.gram import mirror_upper_
+
+CHUNK_ACTIVATION_BYTES = 16 * 2**20
+"""The largest activation (output of a leaf module) of one chunk of samples on the rules path."""
 
 
 @dataclass
@@ -165,13 +172,19 @@ def _cotangents(f: Tensor, calls: dict[str, list[Call]]) -> None:
                                  retain_graph=j < c - 1, allow_unused=True)
         for slot, g, (call, k) in zip(got, gs, live):
             slot.append(torch.zeros_like(call.outputs[k]) if g is None else g.detach())
+    filled = {(id(call), k): slot for slot, (call, k) in zip(got, live)}
     for cs in calls.values():
         for call in cs:
-            call.cotangents = [torch.zeros(c, *o.shape, dtype=o.dtype, device=o.device)
-                               for o in call.outputs]
+            call.cotangents = [
+                _stack(filled[id(call), k]) if (id(call), k) in filled
+                else torch.zeros(c, *o.shape, dtype=o.dtype, device=o.device)
+                for k, o in enumerate(call.outputs)]
             call.outputs = [o.detach() for o in call.outputs]
-    for slot, (call, k) in zip(got, live):
-        call.cotangents[k] = torch.stack(slot)
+
+
+def _stack(slot: list[Tensor]) -> Tensor:
+    """``(c, *shape)`` from the ``c`` gradients (a view for ``c = 1``)."""
+    return slot[0].unsqueeze(0) if len(slot) == 1 else torch.stack(slot)
 
 
 def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 2e9,
@@ -183,8 +196,10 @@ def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 
     with torch.no_grad():
         f1 = model(X[:1]).reshape(1, -1)
     c, dtype = f1.shape[1], f1.dtype
-    per = f1.element_size() * 2 * (c + 2) * _activation_numel(model, X[:1])
-    step = chunk_size or auto_chunk(n, per, memory_budget / 2)
+    act = f1.element_size() * _activation_numel(model, X[:1])
+    big = f1.element_size() * _activation_numel(model, X[:1], largest=True)
+    step = chunk_size or min(auto_chunk(n, 2 * (c + 2) * act, memory_budget / 2),
+                             auto_chunk(n, big, CHUNK_ACTIVATION_BYTES))
     ruled = pl.ruled
     per_chunk: list[list[Factor]] = []
     outs = []

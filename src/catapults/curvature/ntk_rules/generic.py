@@ -20,14 +20,15 @@ from torch.func import functional_call, jacrev, vmap
 from catapults.linalg.gram import gram, mirror_upper_
 
 
-def _activation_numel(model: nn.Module, x1: Tensor) -> int:
-    """Numbers in the outputs of all leaf modules for one sample (an activation-size proxy)."""
+def _activation_numel(model: nn.Module, x1: Tensor, *, largest: bool = False) -> int:
+    """Numbers in the outputs of all leaf modules for one sample (an activation-size proxy), or
+    in the largest of them (``largest``)."""
     total = [0]
 
     def hook(mod, args, out):
         for t in (out if isinstance(out, (tuple, list)) else (out,)):
             if isinstance(t, Tensor):
-                total[0] += t.numel()
+                total[0] = max(total[0], t.numel()) if largest else total[0] + t.numel()
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if next(m.children(), None) is None]
