@@ -47,7 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from machine import cpu_model, save_result
+from machine import cpu_model, footer, quiet_summary, save_result
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 
@@ -380,16 +380,10 @@ def main(argv: list[str] | None = None) -> int:
         log("top-5 eigenpairs ...")
         res["top5"] = bench_top5(n, log, [])
     res["machine"]["loadavg_end"] = os.getloadavg()
-    res["machine"]["wait_idle"] = {
-        "max_wait_s": QUIET["max_wait_s"], "busy_threshold": QUIET["threshold"],
-        "waited_s": QUIET["waited_s"], "timed_calls": len(QUIET["busy"]),
-        "timed_calls_started_busy": sum(b > QUIET["threshold"] for b in QUIET["busy"]),
-        "max_busy": max(QUIET["busy"], default=None)}
+    res["machine"]["wait_idle"] = quiet_summary(QUIET)
     res["total_s"] = time.perf_counter() - t_start
     print(report(res))
-    print(f"\n{res['machine']['cpu']}, {args.threads} threads, torch {torch.__version__}, "
-          f"load average {res['machine']['loadavg_start'][0]:.2f} -> "
-          f"{res['machine']['loadavg_end'][0]:.2f}, total {res['total_s']:.0f} s")
+    print(footer(res, args.threads, torch.__version__))
     save_result(res, args.json, "bench_hessian", quick=args.quick)
     return 0
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from machine import cpu_model, save_result
+from machine import cpu_model, footer, quiet_summary, save_result
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
@@ -552,19 +552,13 @@ def main(argv: list[str] | None = None) -> int:
         res["tracking"] = bench_tracking(track_n, 5, steps, log)
     res["targets"] = targets(res)
     res["machine"]["loadavg_end"] = os.getloadavg()
-    res["machine"]["wait_idle"] = {
-        "max_wait_s": QUIET["max_wait_s"], "waited_s": QUIET["waited_s"],
-        "timed_calls_started_busy": sum(b >= 0.1 for b in QUIET["busy"]),
-        "timed_calls": len(QUIET["busy"]),
-        "max_busy": max(QUIET["busy"], default=None)}
+    res["machine"]["wait_idle"] = quiet_summary(QUIET)
     res["total_s"] = time.perf_counter() - t_start
     print(table(res))
     print("\nTargets:")
     for name, ok in res["targets"].items():
         print(f"  {'MET   ' if ok else 'MISSED'} {name}")
-    print(f"\n{res['machine']['cpu']}, {args.threads} threads, torch {torch.__version__}, "
-          f"load average {res['machine']['loadavg_start'][0]:.2f} -> "
-          f"{res['machine']['loadavg_end'][0]:.2f}, total {res['total_s']:.0f} s")
+    print(footer(res, args.threads, torch.__version__))
     save_result(res, args.json, "bench_ntk", quick=args.quick)
     return 0
 

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from machine import cpu_model, save_result
+from machine import cpu_model, footer, quiet_summary, save_result
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 
@@ -234,12 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         res["problems"][name] = bench(name, model, X, y, args.repeats or
                                       (1 if args.quick else 3), log)
     res["machine"]["loadavg_end"] = os.getloadavg()
-    res["machine"]["timed_calls_busy"] = QUIET["busy"]
+    res["machine"]["wait_idle"] = quiet_summary(QUIET)
     res["total_s"] = time.perf_counter() - t0
     print(report(res))
-    print(f"\n{res['machine']['cpu']}, {args.threads} threads, torch {torch.__version__}, "
-          f"load average {res['machine']['loadavg_start'][0]:.2f} -> "
-          f"{res['machine']['loadavg_end'][0]:.2f}, total {res['total_s']:.0f} s")
+    print(footer(res, args.threads, torch.__version__))
     save_result(res, args.json, "bench_ntk_matfree", quick=args.quick)
     return 0
 

@@ -60,3 +60,21 @@ def save_result(res: dict[str, Any], path: str | None, name: str, *, quick: bool
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as fh:
             json.dump(res, fh, indent=1)
+
+
+def quiet_summary(quiet: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`wait_quiet` saw over a run, for the result file: the wait allowed and spent,
+    how many timed calls started with the machine busier than the threshold, the busiest."""
+    thr = quiet.get("threshold", 0.1)
+    return {"max_wait_s": quiet["max_wait_s"], "busy_threshold": thr,
+            "waited_s": quiet["waited_s"], "timed_calls": len(quiet["busy"]),
+            "timed_calls_started_busy": sum(b >= thr for b in quiet["busy"]),
+            "max_busy": max(quiet["busy"], default=None)}
+
+
+def footer(res: dict[str, Any], threads: int, torch_version: str) -> str:
+    """The last line every benchmark prints: CPU, threads, torch, load average, total time."""
+    m = res["machine"]
+    return (f"\n{m['cpu']}, {threads} thread(s), torch {torch_version}, load average "
+            f"{m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}, "
+            f"total {res['total_s']:.0f} s")
