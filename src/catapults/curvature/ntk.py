@@ -23,9 +23,10 @@ method       how                                                fastest when
              ``K V = J (Jᵀ V)`` (batched VJP + JVP), J never     (``n·c`` small): memory
              formed                                              ``O(n·c·block)``, no ``J``
 ``auto``     ``rules`` when rules that avoid per-sample          (the default)
-             gradients (dense layers on vectors, norms,
-             embeddings) cover at least half of the
-             trainable parameters, else ``jacobian``
+             gradients (dense layers on vectors, not over
+             positions; norms, embeddings) cover at least
+             half of the trainable parameters, else
+             ``jacobian``
 ============ ================================================== ==================================
 
 Measured (docs/benchmarks.md, 2-core AMD EPYC): on an MLP the rules path is the old fast path;
@@ -59,7 +60,7 @@ from catapults.curvature.checks import (
 )
 from catapults.curvature.ntk_rules import attention, embedding, norm  # noqa: F401 (rules)
 from catapults.curvature.ntk_rules.conv import register_conv_rule
-from catapults.curvature.ntk_rules.engine import plan, rules_ntk
+from catapults.curvature.ntk_rules.engine import Plan, plan, rules_ntk
 from catapults.curvature.ntk_rules.generic import generic_ntk, per_sample_jacobian
 from catapults.curvature.ntk_rules.linear import LINEAR_RULES, register_linear_rule
 from catapults.curvature.ntk_rules.registry import (
@@ -139,8 +140,7 @@ def empirical_ntk(
     if method in ("auto", "rules"):
         pl = plan(model)  # checks each ruled module (BatchNorm in training mode: KernelError)
         if method == "auto":
-            cheap = pl.covered_fraction(model, cheap_only=True)
-            method = "rules" if cheap >= AUTO_RULES_FRACTION else "jacobian"
+            method = _auto_method(model, X, pl)
     if method == "rules":
         K, out = rules_ntk(model, X, kind, memory_budget=memory_budget, chunk_size=chunk_size,
                            the_plan=pl)
@@ -154,6 +154,35 @@ def empirical_ntk(
         with torch.no_grad():
             out = model(X).reshape(X.shape[0], -1)
     return K, out
+
+
+def _auto_method(model: nn.Module, X: Tensor, pl: Plan) -> str:
+    """``"rules"`` when rules that form no per-sample gradients cover at least
+    :data:`AUTO_RULES_FRACTION` of the trainable parameters, else ``"jacobian"``. A dense layer
+    applied over positions (an input with more than two dimensions: tokens, a ViT's patches)
+    does not count: its exact kernel needs per-sample gradients or ``(n·T)²`` products, and on
+    a small ViT the rules path measured 1.8x slower than ``jacobian`` (docs/benchmarks.md). The
+    input shapes come from one forward pass on the first sample."""
+    seen: set[str] = set()
+    hooks = []
+    for r in pl.ruled:
+        if r.rule.per_sample:
+            continue
+
+        def hook(mod, args, out, name=r.name):
+            if args and isinstance(args[0], Tensor) and args[0].dim() > 2:
+                seen.add(name)
+        hooks.append(r.module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(X[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    p = {id(v): v.numel() for v in model.parameters() if v.requires_grad}
+    cheap = sum(p[i] for r in pl.ruled if not r.rule.per_sample and r.name not in seen
+                for i in r.want.values())
+    return "rules" if cheap / max(1, sum(p.values())) >= AUTO_RULES_FRACTION else "jacobian"
 
 
 def _matvec_ntk(model: nn.Module, X: Tensor, kind: str, block: int) -> Tensor:
