@@ -431,3 +431,24 @@ def test_block_krylov_floor_stops_on_an_inexact_operator():
     res = (K @ vecs - vecs * vals).norm(dim=0)
     assert (res <= 1e-12 * vals.abs() + 2 * floor * 50.0 + 1e-5).all()
     torch.testing.assert_close(vals, torch.linalg.eigvalsh(K).flip(0)[:k], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("bad", [{"block": 0}, {"block": -2}, {"block": 1.5}, {"keep": 0},
+                                 {"max_blocks": True}, {"tol": -1e-3}, {"floor": float("nan")}])
+def test_block_krylov_refuses_bad_options_by_name(bad):
+    K = _psd(60, torch.linspace(3, 0.1, 60, dtype=torch.float64), 2)
+    name = next(iter(bad))
+    with pytest.raises(NTKError, match=name):
+        block_krylov_top(K.__matmul__, 60, 3, **bad)
+
+
+def test_top_level_solvers_pass_bad_block_through_to_one_message():
+    from catapults import stability
+
+    model = MLP(3, 1, width=8, depth=2, seed=1, dtype=torch.float64)
+    X = torch.randn(10, 3, dtype=torch.float64)
+    with pytest.raises(NTKError, match="block must be an integer"):
+        top_eigenpairs(model, X, 2, method="lanczos", block=0)
+    with pytest.raises(NTKError, match="block must be an integer"):
+        stability.hessian_top_eigenpairs(model, X, torch.randn(10, 1, dtype=torch.float64), 2,
+                                         block=-1)

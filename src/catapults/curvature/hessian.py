@@ -194,7 +194,8 @@ def _top_algebraic(op: Callable[[Tensor], Tensor], p: int, k: int, *,
     """Top-``k`` algebraic eigenpairs of a symmetric (possibly indefinite) operator ``op`` by
     the block Krylov solver on ``op + σ I`` (``σ = 0`` by default; ``None``: ``σ ≈ 1.1
     |λ_min|`` from a short run on ``-op``), ``block`` vectors per product."""
-    blocks = _basis_blocks(p) // block
+    ok = isinstance(block, int) and block > 0  # else the solver names the bad block
+    blocks = max(1, _basis_blocks(p) // block) if ok else 1
     if shift is None:
         neg, _ = block_krylov_top(lambda V: -op(V), p, 1, tol=1e-2, block=block,
                                   max_blocks=min(blocks, 20), max_restarts=2, device=device)

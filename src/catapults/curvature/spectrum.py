@@ -82,7 +82,8 @@ def top_eigenpairs(
     eps = 10 * torch.finfo(dt).eps
     vals, vecs = block_krylov_top(matmul, N, min(k, N), v0=v0, tol=max(tol, eps), device=dev,
                                   floor=eps if eps > 1e-8 else 0.0, block=block,
-                                  max_blocks=max(2, 50 // block))
+                                  max_blocks=max(2, 50 // block) if isinstance(block, int)
+                                  and block > 0 else 2)
     return vals.to(dt), vecs.to(dt)
 
 

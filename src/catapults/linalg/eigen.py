@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from catapults.errors import KernelError
+
 
 def block_krylov_top(
     matmul: Callable[[Tensor], Tensor],
@@ -59,6 +61,14 @@ def block_krylov_top(
     One function on purpose: the basis, the projected matrix ``T`` and the restart state are
     shared by every phase of the iteration, and splitting it would pass them all around.
     """
+    for name, value, least in (("k", k, 1), ("block", block, 1), ("max_blocks", max_blocks, 1),
+                               ("max_restarts", max_restarts, 1), ("keep", keep, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < least):
+            raise KernelError(f"block_krylov_top: {name} must be an integer >= {least}, "
+                              f"got {value!r}")
+    if not (tol >= 0 and floor >= 0):
+        raise KernelError(f"block_krylov_top: tol and floor must be >= 0, got {tol!r}, {floor!r}")
     k = min(k, N)
     b = min(N, block or (k + 3))
     cap = max(b * (max_blocks + 1), k + 2 * b)
