@@ -47,7 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from machine import cpu_model, footer, quiet_summary, save_result
+from machine import cpu_model, finish, footer, save_result
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 
@@ -379,9 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     if "top5" in only:
         log("top-5 eigenpairs ...")
         res["top5"] = bench_top5(n, log, [])
-    res["machine"]["loadavg_end"] = os.getloadavg()
-    res["machine"]["wait_idle"] = quiet_summary(QUIET)
-    res["total_s"] = time.perf_counter() - t_start
+    finish(res, QUIET, t_start)
     print(report(res))
     print(footer(res, args.threads, torch.__version__))
     save_result(res, args.json, "bench_hessian", quick=args.quick)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from machine import cpu_model, footer, quiet_summary, save_result
+from machine import cpu_model, finish, footer, save_result, targets_report
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
@@ -551,13 +551,9 @@ def main(argv: list[str] | None = None) -> int:
         log("tracking ...")
         res["tracking"] = bench_tracking(track_n, 5, steps, log)
     res["targets"] = targets(res)
-    res["machine"]["loadavg_end"] = os.getloadavg()
-    res["machine"]["wait_idle"] = quiet_summary(QUIET)
-    res["total_s"] = time.perf_counter() - t_start
+    finish(res, QUIET, t_start)
     print(table(res))
-    print("\nTargets:")
-    for name, ok in res["targets"].items():
-        print(f"  {'MET   ' if ok else 'MISSED'} {name}")
+    print(targets_report(res["targets"]))
     print(footer(res, args.threads, torch.__version__))
     save_result(res, args.json, "bench_ntk", quick=args.quick)
     return 0

@@ -74,7 +74,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from machine import cpu_model, footer, quiet_summary, save_result
+from machine import cpu_model, finish, footer, save_result, targets_report
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 
@@ -454,19 +454,18 @@ def bench_case(arch: str, side: int, n: int, args: argparse.Namespace, *, with_j
             row["neural_tangents_error"] = ("no JAX venv (set JAX_PYTHON or --jax-python; "
                                             "benchmarks/run.sh builds it with BENCH_JAX=1)")
         else:
-            before = []
-            for _ in range(args.repeats):
-                _wait_quiet(QUIET)
-                t0 = time.perf_counter()
-                empirical_ntk(model, X)
-                before.append(time.perf_counter() - t0)
+            def default_times() -> list[float]:
+                times = []
+                for _ in range(args.repeats):
+                    _wait_quiet(QUIET)
+                    t0 = time.perf_counter()
+                    empirical_ntk(model, X)
+                    times.append(time.perf_counter() - t0)
+                return times
+
+            before = default_times()
             jres, Kj = run_jax(py, model, X, args.repeats, args.threads, args.jax_timeout)
-            after = []
-            for _ in range(args.repeats):
-                _wait_quiet(QUIET)
-                t0 = time.perf_counter()
-                empirical_ntk(model, X)
-                after.append(time.perf_counter() - t0)
+            after = default_times()
             row["default_around_jax_times"] = {"before": before, "after": after}
             row["default_around_jax_s"] = statistics.median(before + after)
             if Kj is None:
@@ -664,13 +663,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                           or args.quick)))
             save_result(res, args.json, "bench_ntk_baselines", quick=args.quick)
     res["targets"] = targets(res)
-    res["machine"]["loadavg_end"] = os.getloadavg()
-    res["machine"]["wait_idle"] = quiet_summary(QUIET)
-    res["total_s"] = time.perf_counter() - t_start
+    finish(res, QUIET, t_start)
     print(tables(res))
-    print("\nTargets (issue 13):")
-    for name, ok in res["targets"].items():
-        print(f"  {'MET   ' if ok else 'MISSED'} {name}")
+    print(targets_report(res["targets"], "Targets (issue 13)"))
     print(footer(res, args.threads, torch.__version__))
     save_result(res, args.json, "bench_ntk_baselines", quick=args.quick)
     return 0

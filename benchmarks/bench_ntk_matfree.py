@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from machine import cpu_model, footer, quiet_summary, save_result
+from machine import cpu_model, finish, footer, save_result
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 
@@ -233,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (model, X, y) in problems(args.quick).items():
         res["problems"][name] = bench(name, model, X, y, args.repeats or
                                       (1 if args.quick else 3), log)
-    res["machine"]["loadavg_end"] = os.getloadavg()
-    res["machine"]["wait_idle"] = quiet_summary(QUIET)
-    res["total_s"] = time.perf_counter() - t0
+    finish(res, QUIET, t0)
     print(report(res))
     print(footer(res, args.threads, torch.__version__))
     save_result(res, args.json, "bench_ntk_matfree", quick=args.quick)

@@ -78,3 +78,17 @@ def footer(res: dict[str, Any], threads: int, torch_version: str) -> str:
     return (f"\n{m['cpu']}, {threads} thread(s), torch {torch_version}, load average "
             f"{m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}, "
             f"total {res['total_s']:.0f} s")
+
+
+def finish(res: dict[str, Any], quiet: dict[str, Any], t_start: float) -> None:
+    """Close a result record: the load average at the end, what :func:`wait_quiet` saw
+    (:func:`quiet_summary`) and the total time since ``t_start`` (``time.perf_counter()``)."""
+    res["machine"]["loadavg_end"] = os.getloadavg()
+    res["machine"]["wait_idle"] = quiet_summary(quiet)
+    res["total_s"] = time.perf_counter() - t_start
+
+
+def targets_report(targets: dict[str, bool], title: str = "Targets") -> str:
+    """One ``MET`` / ``MISSED`` line per target, under ``title``."""
+    return "\n".join([f"\n{title}:"] + [f"  {'MET   ' if ok else 'MISSED'} {name}"
+                                          for name, ok in targets.items()])

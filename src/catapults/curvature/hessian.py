@@ -40,7 +40,7 @@ from catapults.curvature.checks import on_model_device, trainable_params
 from catapults.curvature.losses import get_loss
 from catapults.curvature.stability import _adam_scales, optimizer_edge
 from catapults.errors import KernelError
-from catapults.linalg.eigen import block_krylov_top
+from catapults.linalg.eigen import block_krylov_top, blocks_for
 
 __all__ = ["BatchSharpness", "batch_sharpness", "hessian_power_step", "hessian_top_eigenpairs",
            "hvp_operator", "preconditioned_sharpness"]
@@ -194,8 +194,7 @@ def _top_algebraic(op: Callable[[Tensor], Tensor], p: int, k: int, *,
     """Top-``k`` algebraic eigenpairs of a symmetric (possibly indefinite) operator ``op`` by
     the block Krylov solver on ``op + σ I`` (``σ = 0`` by default; ``None``: ``σ ≈ 1.1
     |λ_min|`` from a short run on ``-op``), ``block`` vectors per product."""
-    ok = isinstance(block, int) and block > 0  # else the solver names the bad block
-    blocks = max(1, _basis_blocks(p) // block) if ok else 1
+    blocks = blocks_for(_basis_blocks(p), block)
     if shift is None:
         neg, _ = block_krylov_top(lambda V: -op(V), p, 1, tol=1e-2, block=block,
                                   max_blocks=min(blocks, 20), max_restarts=2, device=device)

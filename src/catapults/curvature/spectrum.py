@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from catapults.curvature.checks import check_per_sample
 from catapults.curvature.ntk import empirical_ntk, ntk_matvec
 from catapults.errors import KernelError
-from catapults.linalg.eigen import block_krylov_top, eig_top
+from catapults.linalg.eigen import block_krylov_top, blocks_for, eig_top
 
 
 def top_eigenpairs(
@@ -82,8 +82,7 @@ def top_eigenpairs(
     eps = 10 * torch.finfo(dt).eps
     vals, vecs = block_krylov_top(matmul, N, min(k, N), v0=v0, tol=max(tol, eps), device=dev,
                                   floor=eps if eps > 1e-8 else 0.0, block=block,
-                                  max_blocks=max(2, 50 // block) if isinstance(block, int)
-                                  and block > 0 else 2)
+                                  max_blocks=blocks_for(50, block))
     return vals.to(dt), vecs.to(dt)
 
 

@@ -15,6 +15,19 @@ from torch import Tensor
 from catapults.errors import KernelError
 
 
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise KernelError(f"block_krylov_top: {name} must be an integer >= 1, got {value!r}")
+
+
+def blocks_for(vectors: int, block: int) -> int:
+    """``max_blocks`` for :func:`block_krylov_top` that keeps a basis of about ``vectors``
+    vectors with ``block`` vectors per product (at least 2 blocks); a bad ``block`` gets the
+    solver's message."""
+    _check_positive("block", block)
+    return max(2, vectors // block)
+
+
 def block_krylov_top(
     matmul: Callable[[Tensor], Tensor],
     N: int,
@@ -61,12 +74,10 @@ def block_krylov_top(
     One function on purpose: the basis, the projected matrix ``T`` and the restart state are
     shared by every phase of the iteration, and splitting it would pass them all around.
     """
-    for name, value, least in (("k", k, 1), ("block", block, 1), ("max_blocks", max_blocks, 1),
-                               ("max_restarts", max_restarts, 1), ("keep", keep, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < least):
-            raise KernelError(f"block_krylov_top: {name} must be an integer >= {least}, "
-                              f"got {value!r}")
+    for name, value in (("k", k), ("block", block), ("max_blocks", max_blocks),
+                        ("max_restarts", max_restarts), ("keep", keep)):
+        if value is not None:
+            _check_positive(name, value)
     if not (tol >= 0 and floor >= 0):
         raise KernelError(f"block_krylov_top: tol and floor must be >= 0, got {tol!r}, {floor!r}")
     k = min(k, N)
