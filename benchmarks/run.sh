@@ -37,7 +37,9 @@ BENCH_VENV="${BENCH_VENV:-$ROOT/.bench-venv}"
 export BENCH_OUT="${BENCH_OUT:-$ROOT/runs/benchmarks}"
 export BENCH_WAIT_IDLE="${BENCH_WAIT_IDLE:-3}"
 BENCH_PKGS=("nngeometry==0.4" "PyHessian==0.1" "hessian-eigenthings==1.0.0a5"
-            "backpack-for-pytorch==1.7.1" "einops==0.8.1" "unfoldNd==0.2.3")
+            "backpack-for-pytorch==1.7.1" "einops==0.8.1" "unfoldNd==0.2.3"
+            "curvlinops-for-pytorch==3.0.1" "einconv==0.1.0" "opt-einsum==3.4.0"
+            "linear_operator==0.6.1" "jaxtyping==0.3.11")
 JAX_VENV="${JAX_VENV:-$(dirname "$ROOT")/jax-venv}"
 JAX_BASE_PY="${JAX_BASE_PY:-python3.11}"
 
@@ -64,7 +66,7 @@ for pkg in "${BENCH_PKGS[@]}"; do
     fi
 done
 "$BENCH_VENV/bin/python" - <<'EOF'
-import torch, catapults, nngeometry, pyhessian, hessian_eigenthings, backpack  # noqa: F401
+import torch, catapults, nngeometry, pyhessian, hessian_eigenthings, backpack, curvlinops  # noqa: F401
 print(f"bench env: torch {torch.__version__}, catapults from {catapults.__file__}", flush=True)
 EOF
 

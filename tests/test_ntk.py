@@ -360,8 +360,8 @@ def test_matrix_free_eigenpairs_multiply_blocks_of_vectors_on_request(monkeypatc
     shapes = []
     real = spectrum.ntk_matvec
 
-    def spy(m, x):
-        mv = real(m, x)
+    def spy(m, x, **kw):
+        mv = real(m, x, **kw)
         return lambda V: shapes.append(tuple(V.shape)) or mv(V)
 
     monkeypatch.setattr(spectrum, "ntk_matvec", spy)

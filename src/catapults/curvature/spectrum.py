@@ -32,6 +32,8 @@ def top_eigenpairs(
     max_dense: int = 6000,
     K: Tensor | None = None,
     block: int = 1,
+    product: str = "auto",
+    memory_budget: float = 2e9,
 ) -> tuple[Tensor, Tensor]:
     """Top-``k`` eigenvalues (``(k,)``, descending) and eigenvectors (``(N, k)``) of the NTK.
 
@@ -39,9 +41,8 @@ def top_eigenpairs(
         kind: ``"full"`` (default, ``N = n·c``) or ``"trace"`` (``N = n``).
         method: ``"dense"`` (form K, then eigh / Lanczos on it), ``"lanczos"`` (matrix-free:
             thick-restarted Lanczos (:func:`~catapults.linalg.eigen.block_krylov_top`) on
-            ``K v = J(Jᵀ v)`` (one VJP and one JVP per product, ``block`` vectors at once),
-            never forming K or J; full kernel only), or ``"auto"`` (dense up to ``max_dense``
-            rows).
+            ``K v = J(Jᵀ v)``, never forming K; full kernel only), or ``"auto"`` (dense up to
+            ``max_dense`` rows).
         v0: previous eigenvectors ``(N, k')`` to warm-start the iterative solvers.
         tol: relative residual bound of the iterative solvers; with a float32 model the
             matrix-free one works to at least ``10·eps(float32)`` and allows the same relative
@@ -49,6 +50,11 @@ def top_eigenpairs(
         block: vectors per product of the matrix-free solver (default 1: a block of batched
             JVP/VJP pairs cost nearly as much per column as single ones on an MLP and a CNN,
             and needed 3-4x more products for the same accuracy: docs/benchmarks.md).
+        product, memory_budget: how the matrix-free products are computed
+            (:func:`~catapults.curvature.ntk.ntk_matvec`): ``"factors"`` (the rules' factors
+            formed once, then two matrix products per layer), ``"autograd"`` (a VJP and a JVP
+            through the network per vector) or ``"auto"`` (factors when they fit in half of
+            ``memory_budget`` bytes).
         K: a precomputed kernel (of the ``kind`` wanted): its eigenpairs are returned and the
             model is not used.
     """
@@ -69,7 +75,7 @@ def top_eigenpairs(
             if model(X[:1]).reshape(1, -1).shape[1] > 1:
                 raise KernelError("the matrix-free solver works on the full kernel (kind='full')")
     check_per_sample(model, X)
-    mv = ntk_matvec(model, X)  # K V for a whole block V at once (vmap over its columns)
+    mv = ntk_matvec(model, X, product=product, memory_budget=memory_budget)
     with torch.no_grad():
         N = model(X).numel()
     dev, dt = X.device, X.dtype

@@ -61,7 +61,9 @@ class NTKMonitor(Callback):
     ``η_crit(B) = b·c/λ_max(K_B)`` of the current batch. Keys are written as ``ntk/...``.
 
     ``method``: ``"dense"`` forms the kernel (fast; reuses its forward pass), ``"lanczos"``
-    never forms it (``K v = J(Jᵀv)``, for probes too large to hold), ``"auto"`` is dense up to
+    never forms it (``K v = J(Jᵀv)``, for probes too large to hold; its products come from the
+    layer rules' stored factors when they fit in half of ``memory_budget``, else from a VJP and a
+    JVP per vector: :func:`catapults.ntk.ntk_matvec`), ``"auto"`` is dense up to
     ``max_dense`` rows of the full kernel (``n·c``), else Lanczos. Both warm-start from the last
     eigenvectors.
 
@@ -102,7 +104,8 @@ class NTKMonitor(Callback):
         nc = y.numel()
         if self.method == "lanczos":
             vals, vecs = ntk.top_eigenpairs(model, X, self.k, kind="full", method="lanczos",
-                                            v0=self._vecs)
+                                            v0=self._vecs,
+                                            memory_budget=self.kernel["memory_budget"])
         else:
             K, out = ntk.empirical_ntk(model, X, kind="full", check=False, return_outputs=True,
                                        **self.kernel)

@@ -31,8 +31,13 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from catapults.curvature.ntk_rules.assemble import assemble, merge_calls, merge_chunks
 from catapults.curvature.ntk_rules.attention import float_outputs
-from catapults.curvature.ntk_rules.generic import _activation_numel, auto_chunk, generic_ntk
-from catapults.curvature.ntk_rules.registry import Call, Factor, NTKRule, rule_for
+from catapults.curvature.ntk_rules.generic import (
+    _activation_numel,
+    auto_chunk,
+    generic_ntk,
+    per_sample_jacobian,
+)
+from catapults.curvature.ntk_rules.registry import Call, Factor, GradFactor, NTKRule, rule_for
 from catapults.errors import KernelError
 from catapults.linalg.gram import mirror_upper_
 
@@ -167,7 +172,7 @@ def _cotangents(f: Tensor, calls: dict[str, list[Call]]) -> None:
     live = [(call, k) for call, k in targets if call.outputs[k].requires_grad]
     c = f.shape[1]
     got: list[list[Tensor]] = [[] for _ in live]
-    for j in range(c):
+    for j in range(c if live else 0):  # nothing to differentiate when no rule applies
         gs = torch.autograd.grad(f[:, j].sum(), [call.outputs[k] for call, k in live],
                                  retain_graph=j < c - 1, allow_unused=True)
         for slot, g, (call, k) in zip(got, gs, live):
@@ -191,11 +196,31 @@ def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 
               chunk_size: int | None = None, the_plan: Plan | None = None
               ) -> tuple[Tensor, Tensor]:
     """``(K, f(X))`` by the rules path (see module doc), the generic path for the rest."""
+    got = rules_factors(model, X, memory_budget=memory_budget, chunk_size=chunk_size,
+                        the_plan=the_plan)
+    assert got is not None  # no factor limit was set
+    factors, pl, f = got
+    n, c = X.shape[0], f.shape[1]
+    K = assemble(factors, n, c, kind, f.dtype, X.device, memory_budget)
+    if pl.remainder:
+        K.add_(remainder_ntk(model, X, kind, pl, chunk_size, memory_budget))
+    return mirror_upper_(K), f
+
+
+def rules_factors(model: nn.Module, X: Tensor, *, memory_budget: float = 2e9,
+                  chunk_size: int | None = None, the_plan: Plan | None = None,
+                  max_factor_bytes: float | None = None
+                  ) -> tuple[list[Factor], Plan, Tensor] | None:
+    """The rules' factors for all samples, the final plan (parameters whose use the graph check
+    found outside their module moved to ``remainder``) and the outputs ``f(X)`` ``(n, c)``.
+
+    With ``max_factor_bytes``, returns None (having formed the factors of one chunk only) when
+    the factors of all samples, extrapolated from the first chunk, would exceed it."""
     pl = the_plan or plan(model)
     n = X.shape[0]
     with torch.no_grad():
         f1 = model(X[:1]).reshape(1, -1)
-    c, dtype = f1.shape[1], f1.dtype
+    c = f1.shape[1]
     act = f1.element_size() * _activation_numel(model, X[:1])
     big = f1.element_size() * _activation_numel(model, X[:1], largest=True)
     step = chunk_size or min(auto_chunk(n, 2 * (c + 2) * act, memory_budget / 2),
@@ -211,7 +236,6 @@ def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 
             ruled = _untied(f, ruled, calls, stops)
             dropped = [pl.names[i] for r, w in before for k, i in w.items() if k not in r.want]
             pl = Plan(ruled, pl.remainder + dropped, pl.names)
-            first = False
         _cotangents(f, calls)
         outs.append(f.detach())
         fs: list[Factor] = []
@@ -221,13 +245,24 @@ def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 
                 call.shared = len(cs) > 1
             fs.extend(merge_calls([r.rule.factors(r.module, call, set(r.want), n, c)
                                    for call in cs], r.name))
+        if first and max_factor_bytes is not None and \
+                factor_bytes(fs) * n / f.shape[0] > max_factor_bytes:
+            return None
+        first = False
         per_chunk.append(fs)
         del calls, stops, f
     factors = merge_chunks(per_chunk) if per_chunk else []
-    K = assemble(factors, n, c, kind, dtype, X.device, memory_budget)
-    if pl.remainder:
-        K.add_(remainder_ntk(model, X, kind, pl, chunk_size, memory_budget))
-    return mirror_upper_(K), torch.cat(outs)
+    return factors, pl, torch.cat(outs)
+
+
+def factor_bytes(factors: list[Factor]) -> int:
+    """Bytes held by the tensors of ``factors``."""
+    total = 0
+    for fa in factors:
+        for t in ((fa.G,) if isinstance(fa, GradFactor) else (fa.H, fa.F)):
+            if t is not None:
+                total += t.numel() * t.element_size()
+    return total
 
 
 def remainder_ntk(model: nn.Module, X: Tensor, kind: str, pl: Plan, chunk_size: int | None,
@@ -239,11 +274,26 @@ def remainder_ntk(model: nn.Module, X: Tensor, kind: str, pl: Plan, chunk_size: 
     except KernelError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure of vmap(jacrev) on a foreign module
-        owners = sorted({k.rsplit(".", 1)[0] if "." in k else "(top level)"
-                         for k in pl.remainder})
-        types = {name: type(m).__name__ for name, m in model.named_modules()}
-        desc = ", ".join(f"{o!r} ({types.get(o, type(model).__name__)})" for o in owners)
-        raise KernelError(
-            f"no NTK rule covers the parameters of module(s) {desc}, and the generic "
-            f"vmap(jacrev) path failed on them ({type(e).__name__}: {e}); register a rule "
-            "with catapults.ntk.register_ntk_rule") from e
+        raise remainder_failure(model, pl, e) from e
+
+
+def remainder_jacobian(model: nn.Module, X: Tensor, pl: Plan, memory_budget: float) -> Tensor:
+    """Per-sample Jacobian ``(n·c, p_rest)`` of the parameters no rule covers (errors as in
+    :func:`remainder_ntk`)."""
+    try:
+        return per_sample_jacobian(model, X, names=pl.remainder, memory_budget=memory_budget)
+    except KernelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of vmap(jacrev) on a foreign module
+        raise remainder_failure(model, pl, e) from e
+
+
+def remainder_failure(model: nn.Module, pl: Plan, e: Exception) -> KernelError:
+    """The KernelError for a generic path that failed on the parameters of ``pl.remainder``."""
+    owners = sorted({k.rsplit(".", 1)[0] if "." in k else "(top level)" for k in pl.remainder})
+    types = {name: type(m).__name__ for name, m in model.named_modules()}
+    desc = ", ".join(f"{o!r} ({types.get(o, type(model).__name__)})" for o in owners)
+    return KernelError(
+        f"no NTK rule covers the parameters of module(s) {desc}, and the generic "
+        f"vmap(jacrev) path failed on them ({type(e).__name__}: {e}); register a rule "
+        "with catapults.ntk.register_ntk_rule")
