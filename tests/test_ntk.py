@@ -306,6 +306,28 @@ def test_monitor_solvers_agree_with_finite_difference_kernel():
         NTKMonitor(X, y, method="eigh")
 
 
+def test_generic_chunk_keeps_the_largest_activation_in_cache(monkeypatch):
+    from catapults.curvature.ntk_rules import generic
+
+    wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.LazyLinear(1))
+    X = torch.randn(100, 3, 32, 32)
+    wide(X[:1])
+    p = sum(q.numel() for q in wide.parameters())
+    # 64 x 32 x 32 float32 = 256 KiB per sample: 32 samples make the 8 MiB cap
+    assert generic.chunk_for(wide, X, p, 1, 1e12) == 32
+    assert generic.chunk_for(wide, X, p, 1, 1.0) == 1  # the memory budget still binds
+    small = SmallCNN()
+    Xs = torch.randn(50, 2, 5, 5)
+    assert generic.chunk_for(small, Xs, 10, 2, 2e9) == 50  # small activations: unchunked
+    monkeypatch.setattr(generic, "CHUNK_ACTIVATION_BYTES", 1)  # one sample per chunk
+    model = SmallCNN().double()
+    Xd = torch.randn(7, 2, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(empirical_ntk(model, Xd, method="jacobian"),
+                               reference_kernel(model, Xd, "full", how="vmap"),
+                               rtol=1e-10, atol=1e-12)
+
+
 def test_generic_chunk_comes_from_the_memory_budget():
     from catapults.curvature.ntk_rules.generic import auto_chunk, bytes_per_sample
 

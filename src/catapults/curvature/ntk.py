@@ -112,9 +112,10 @@ def empirical_ntk(
         method: ``"auto"``, ``"rules"``, ``"jacobian"`` or ``"matvec"`` (the table of the
             module docstring; ``"fast"``/``"generic"`` are the old names of rules/jacobian).
         chunk_size: samples per chunk (``vmap(jacrev)`` on the generic path, forward/backward
-            passes on the rules path); ``None`` (default)
-            takes as many as fit in ``memory_budget`` (all of them when they fit: one
-            unchunked ``vmap(jacrev)``, see :mod:`catapults.curvature.ntk_rules.generic`).
+            passes on the rules path); ``None`` (default) takes as many as fit in
+            ``memory_budget`` while the largest activation of a chunk stays a few MB (in
+            cache; all samples at once for small models: one unchunked ``vmap(jacrev)``, see
+            :mod:`catapults.curvature.ntk_rules.generic`).
         memory_budget: bytes the generic path may use (the Jacobian and vmap's activations).
         check: refuse models whose outputs mix samples (see :func:`check_per_sample`).
         return_outputs: also return the outputs ``f(X)`` of shape ``(n, c)`` (free on the rules

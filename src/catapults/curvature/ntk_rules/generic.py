@@ -4,9 +4,16 @@ the trainable parameters (the others held fixed), in chunks sized from a memory 
 Chunk size. ``vmap(jacrev)`` on ``b`` samples holds the Jacobian chunk (``b·c·p`` numbers) and,
 for the backward passes of the ``c`` outputs, about ``b·(c+1)`` copies of the activations of one
 sample. :func:`bytes_per_sample` measures the activations with one forward pass on one sample
-(the outputs of every leaf module), and :func:`auto_chunk` takes as many samples per chunk as fit
-in ``memory_budget`` (all of them when they fit: one unchunked ``vmap(jacrev)`` is fastest; a fixed
-chunk of 64 was up to 8x slower on small CNNs because of the per-chunk overhead of vmap).
+(the outputs of every leaf module), and :func:`chunk_for` takes as many samples per chunk as fit
+in ``memory_budget`` and keep the largest activation (output of a leaf module) of a chunk under
+:data:`CHUNK_ACTIVATION_BYTES`, so that feature maps stay in cache between the layers of the
+forward and backward passes. Measured side by side on a quiet 2-core AMD EPYC, 2 threads
+(docs/benchmarks.md, "generic chunks"): on the issue's CNN (64-channel 3×3 convolutions)
+unchunked ``vmap(jacrev)`` took 1.24 s / 3.38 s at n = 1000 (3×16×16 / 3×32×32) against
+0.95 s / 2.17-2.22 s in chunks of 32-128 samples (4-8 MB of the largest activation); small
+models whose activations fit anyway (a 16-channel CNN on 8×8 digits, n = 360; a GroupNorm
+residual block, n = 256) stay unchunked, which is fastest for them (a fixed chunk of 64 was 1.7x
+slower there because of the per-chunk overhead of vmap).
 """
 
 from __future__ import annotations
@@ -56,6 +63,21 @@ def auto_chunk(n: int, per_sample: int, memory_budget: float) -> int:
     return int(max(1, min(n, memory_budget // max(per_sample, 1))))
 
 
+CHUNK_ACTIVATION_BYTES = 8 * 2**20
+"""The largest activation (output of a leaf module) of one chunk of samples on the generic path."""
+
+
+def chunk_for(model: nn.Module, X: Tensor, p: int, c: int, memory_budget: float) -> int:
+    """Samples per ``vmap(jacrev)`` chunk: within ``memory_budget`` and
+    :data:`CHUNK_ACTIVATION_BYTES` (module docstring)."""
+    with torch.no_grad():
+        itemsize = model(X[:1]).element_size()
+    big = itemsize * _activation_numel(model, X[:1], largest=True)
+    n = X.shape[0]
+    return min(auto_chunk(n, bytes_per_sample(model, X, p, c), memory_budget),
+               auto_chunk(n, big, CHUNK_ACTIVATION_BYTES))
+
+
 def per_sample_jacobian(model: nn.Module, X: Tensor, *, chunk_size: int | None = None,
                         names: Iterable[str] | None = None,
                         memory_budget: float = 2e9) -> Tensor:
@@ -77,7 +99,7 @@ def per_sample_jacobian(model: nn.Module, X: Tensor, *, chunk_size: int | None =
         with torch.no_grad():
             c = model(X[:1]).reshape(1, -1).shape[1]
         p = sum(v.numel() for v in params.values())
-        chunk_size = auto_chunk(n, bytes_per_sample(model, X, p, c), memory_budget)
+        chunk_size = chunk_for(model, X, p, c, memory_budget)
     jac_fn = vmap(jacrev(f_single), in_dims=(None, 0))
     rows = []
     for i in range(0, n, chunk_size):
@@ -90,8 +112,8 @@ def per_sample_jacobian(model: nn.Module, X: Tensor, *, chunk_size: int | None =
 def generic_ntk(model: nn.Module, X: Tensor, kind: str, chunk_size: int | None,
                 memory_budget: float, names: list[str] | None = None) -> Tensor:
     """``J Jᵀ`` from per-sample Jacobians over the parameters ``names`` (default: all trainable).
-    When ``J`` fits in ``memory_budget`` it is formed in as few chunks as fit, then one exactly
-    symmetric :func:`gram`; otherwise Jacobian chunks are recomputed block row by block row and
+    When ``J`` fits in ``memory_budget`` it is formed in chunks of :func:`chunk_for` samples,
+    then one exactly symmetric :func:`gram`; otherwise Jacobian chunks are recomputed block row by block row and
     only the upper-triangle blocks are multiplied."""
     n = X.shape[0]
     allp = dict(model.named_parameters())
@@ -101,23 +123,25 @@ def generic_ntk(model: nn.Module, X: Tensor, kind: str, chunk_size: int | None,
     with torch.no_grad():
         f1 = model(X[:1]).reshape(1, -1)
     c, dtype, itemsize = f1.shape[1], f1.dtype, f1.element_size()
-    per = bytes_per_sample(model, X, p, c)
-    chunk = chunk_size or auto_chunk(n, per, memory_budget)
+    chunk = chunk_size or chunk_for(model, X, p, c, memory_budget)
     if n * c * p * itemsize <= memory_budget:
         J = per_sample_jacobian(model, X, chunk_size=chunk, names=names)
         K = gram(J)
-    else:  # recompute Jacobian chunks instead of storing J
-        if chunk_size is None:  # two chunks of J are held at once, plus one's activations
-            chunk = auto_chunk(n, per + c * p * itemsize, memory_budget)
+    else:  # recompute Jacobian blocks instead of storing J
+        # blocks as large as fit (two blocks of J at once, plus one chunk's activations): each
+        # block row recomputes the blocks right of it, so fewer, larger blocks recompute less;
+        # each block is formed in chunks of ``chunk`` samples
+        per = bytes_per_sample(model, X, p, c)
+        step = chunk_size or auto_chunk(n, per + c * p * itemsize, memory_budget)
         K = torch.empty(n * c, n * c, dtype=dtype, device=X.device)
-        starts = list(range(0, n, chunk))
+        starts = list(range(0, n, step))
         for a in starts:
-            Ja = per_sample_jacobian(model, X[a:a + chunk], chunk_size=chunk, names=names)
+            Ja = per_sample_jacobian(model, X[a:a + step], chunk_size=chunk, names=names)
             for b in starts:
                 if b < a:
                     continue
                 Jb = Ja if b == a else per_sample_jacobian(
-                    model, X[b:b + chunk], chunk_size=chunk, names=names)
+                    model, X[b:b + step], chunk_size=chunk, names=names)
                 blk = Ja @ Jb.T
                 K[a * c:a * c + blk.shape[0], b * c:b * c + blk.shape[1]] = blk
                 K[b * c:b * c + blk.shape[1], a * c:a * c + blk.shape[0]] = blk.T
