@@ -200,6 +200,11 @@ def test_bad_product_and_batchnorm_in_training_mode_are_refused():
         ntk_matvec(model, X, product="fast")
     with pytest.raises(KernelError, match="product must be one of"):
         top_eigenpairs(model, X, 2, method="lanczos", product="dense")
+    for product in ("factors", "autograd"):
+        with pytest.raises(KernelError, match="X has no samples"):
+            ntk_matvec(model, X[:0], product=product)
+        with pytest.raises(KernelError, match="X has no samples"):
+            top_eigenpairs(model, X[:0], 2, method="lanczos", product=product)
     bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)).double().train()
     with pytest.raises(KernelError, match="training mode"):
         ntk_matvec(bn, X)

@@ -29,14 +29,14 @@ method       how                                                fastest when
              ``jacobian``
 ============ ================================================== ==================================
 
-Measured (docs/benchmarks.md, 2-core AMD EPYC): on an MLP the rules path is the old fast path;
-on a conv net whose weights are mostly in 3×3 convolutions on 16×16-32×32 maps, the exact kernel
-needs the per-sample weight gradients either way (one forward pass, one backward pass, the
-gradients, their Gram). The conv rule forms them from strided patches and batched products and
-measured 1.1-1.3x less time than ``jacobian`` on one thread (n = 256-1000), but 0.64-1.26x on
-two threads of the loaded shared machine, so ``auto`` still takes ``jacobian`` there
-(convolution and local-VJP rules are marked ``per_sample``). ``rules`` pays off for mixed models
-where the rest of the weights are dense layers, norms or embeddings.
+Measured (docs/benchmarks.md, 2-core AMD EPYC): on an MLP the rules path is the old fast path
+(at the FLOP floor at n = 1000); on a conv net whose weights are mostly in 3×3 convolutions on
+16×16-32×32 maps, the exact kernel needs the per-sample weight gradients either way (one forward
+pass, one backward pass, the gradients, their Gram). On a quiet machine (2 threads) the generic
+path, in chunks that keep feature maps in cache, ran at 1.13-1.48x that FLOP floor, and the conv
+rule (strided patches and batched products) at 0.80-0.89x the generic path's speed, so ``auto``
+takes ``jacobian`` there (convolution and local-VJP rules are marked ``per_sample``). ``rules``
+pays off for mixed models where the rest of the weights are dense layers, norms or embeddings.
 
 ``"fast"`` and ``"generic"`` are the old names of ``"rules"`` and ``"jacobian"``.
 Every method refuses models whose per-sample outputs depend on other samples (BatchNorm in
@@ -241,7 +241,10 @@ def ntk_matvec(model: nn.Module, X: Tensor, *, product: str = "auto",
     if product not in PRODUCTS:
         raise KernelError(f"product must be one of {', '.join(map(repr, PRODUCTS))}, "
                           f"got {product!r}")
+    if X.shape[0] == 0:
+        raise KernelError("X has no samples")
     model = kernel_module(model)
+    X = on_model_device(model, X)
     if product != "autograd":
         mv = _factor_matvec(model, X, memory_budget, strict=product == "factors")
         if mv is not None:
