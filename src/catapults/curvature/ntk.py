@@ -40,12 +40,16 @@ pays off for mixed models where the rest of the weights are dense layers, norms 
 
 ``"fast"`` and ``"generic"`` are the old names of ``"rules"`` and ``"jacobian"``.
 Every method refuses models whose per-sample outputs depend on other samples (BatchNorm in
-training mode, for example) and returns an exactly symmetric kernel. Eigenpairs, critical rates
-and the loss split are in :mod:`catapults.curvature.spectrum`.
+training mode, for example) and returns an exactly symmetric kernel. The rules path first
+checks that the rules describe the model (:mod:`~catapults.curvature.ntk_rules.verify`; once
+per model and input shape): where they do not, ``auto`` takes ``jacobian`` and ``rules``
+raises. Eigenpairs, critical rates and the loss split are in
+:mod:`catapults.curvature.spectrum`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -76,9 +80,11 @@ from catapults.curvature.ntk_rules.registry import (
     GradFactor,
     HadamardFactor,
     NTKRule,
+    RulesMismatch,
     register_ntk_rule,
     unregister_ntk_rule,
 )
+from catapults.curvature.ntk_rules.verify import verify_rules
 from catapults.errors import KernelError
 from catapults.linalg.gram import mirror_upper_
 
@@ -133,6 +139,7 @@ def empirical_ntk(
     method = _ALIASES.get(method, method)
     if method not in METHODS:
         raise KernelError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    check_budget(memory_budget)
     if X.shape[0] == 0:
         raise KernelError("X has no samples")
     X = on_model_device(model, X)
@@ -146,16 +153,24 @@ def empirical_ntk(
         with torch.no_grad():
             return K, model(X).reshape(X.shape[0], -1)
     out = None
+    chose_rules = False
     if method in ("auto", "rules"):
         pl = plan(model)  # checks each ruled module (BatchNorm in training mode: KernelError)
         if method == "auto":
             method = _auto_method(model, X, pl)
+            chose_rules = method == "rules"
     if method == "rules":
-        K, out = rules_ntk(model, X, kind, memory_budget=memory_budget, chunk_size=chunk_size,
-                           the_plan=pl)
-    elif method == "jacobian":
+        try:
+            verify_rules(model, X, pl)
+            K, out = rules_ntk(model, X, kind, memory_budget=memory_budget,
+                               chunk_size=chunk_size, the_plan=pl)
+        except RulesMismatch:
+            if not chose_rules:
+                raise
+            method = "jacobian"  # auto: the rules do not describe this model
+    if method == "jacobian":
         K = generic_ntk(model, X, kind, chunk_size, memory_budget)
-    else:
+    elif method == "matvec":
         K = _matvec_ntk(model, X, kind, chunk_size or 64)
     if not return_outputs:
         return K
@@ -163,6 +178,14 @@ def empirical_ntk(
         with torch.no_grad():
             out = model(X).reshape(X.shape[0], -1)
     return K, out
+
+
+def check_budget(memory_budget: float) -> None:
+    """A memory budget must be a positive, finite number of bytes."""
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or \
+            not math.isfinite(memory_budget) or memory_budget <= 0:
+        raise KernelError(f"memory_budget must be a positive number of bytes, got "
+                          f"{memory_budget!r}")
 
 
 def _auto_method(model: nn.Module, X: Tensor, pl: Plan) -> str:
@@ -214,7 +237,7 @@ PRODUCTS = ("auto", "factors", "autograd")
 
 
 def ntk_matvec(model: nn.Module, X: Tensor, *, product: str = "auto",
-               memory_budget: float = 2e9) -> Callable[[Tensor], Tensor]:
+               memory_budget: float = 2e9, check: bool = True) -> Callable[[Tensor], Tensor]:
     """``v ↦ K v = J (Jᵀ v)`` for ``v`` of shape ``(n·c,)`` or ``(n·c, k)`` (full kernel), K
     never formed.
 
@@ -236,17 +259,30 @@ def ntk_matvec(model: nn.Module, X: Tensor, *, product: str = "auto",
               (estimated from the first chunk of samples; the uncovered parameters' Jacobian
               separately, else their products by autograd), otherwise ``"autograd"``.
         memory_budget: bytes for the factors and the forward/backward passes forming them.
+        check: refuse models whose outputs mix samples (see :func:`check_per_sample`).
+
+    The rules are checked against autograd on a few samples first
+    (:mod:`~catapults.curvature.ntk_rules.verify`); where they do not describe the model,
+    ``"auto"`` takes the autograd products and ``"factors"`` raises :class:`KernelError`.
     """
     product = {"rules": "factors"}.get(product, product)
     if product not in PRODUCTS:
         raise KernelError(f"product must be one of {', '.join(map(repr, PRODUCTS))}, "
                           f"got {product!r}")
+    check_budget(memory_budget)
     if X.shape[0] == 0:
         raise KernelError("X has no samples")
-    model = kernel_module(model)
     X = on_model_device(model, X)
+    if check:
+        check_per_sample(model, X)
+    model = kernel_module(model)
     if product != "autograd":
-        mv = _factor_matvec(model, X, memory_budget, strict=product == "factors")
+        try:
+            mv = _factor_matvec(model, X, memory_budget, strict=product == "factors")
+        except RulesMismatch:
+            if product == "factors":
+                raise
+            mv = None
         if mv is not None:
             return mv
     return _autograd_matvec(model, X)
@@ -257,7 +293,10 @@ def _factor_matvec(model: nn.Module, X: Tensor, memory_budget: float, *, strict:
     """Products from stored factors (see :func:`ntk_matvec`); None when they would not fit
     (``strict``: no limit)."""
     limit = None if strict else memory_budget / 2
-    got = rules_factors(model, X, memory_budget=memory_budget, max_factor_bytes=limit)
+    pl = plan(model)
+    verify_rules(model, X, pl)
+    got = rules_factors(model, X, memory_budget=memory_budget, max_factor_bytes=limit,
+                        the_plan=pl)
     if got is None:
         return None
     factors, pl, f = got
@@ -271,11 +310,15 @@ def _factor_matvec(model: nn.Module, X: Tensor, memory_budget: float, *, strict:
         else:
             rest = _autograd_matvec(model, X, names=pl.remainder)
     mv_f = factor_products(factors, n, c)
+    inner = next((fa.G if isinstance(fa, GradFactor) else fa.H).dtype for fa in factors) \
+        if factors else dtype  # the factors' dtype: the model's, which the outputs may not be
 
     def mv(v: Tensor) -> Tensor:
-        v = v.to(dtype)
-        out = mv_f(v)
-        return out if rest is None else out + rest(v)
+        if v.shape[0] != n * c or v.dim() > 2:
+            raise KernelError(f"v must have shape (n·c,) or (n·c, k) with n·c = {n * c}, got "
+                              f"{tuple(v.shape)}")
+        out = mv_f(v.to(inner)).to(dtype)
+        return out if rest is None else out + rest(v.to(dtype))
 
     return mv
 

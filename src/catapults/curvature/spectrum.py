@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from catapults.curvature.checks import check_per_sample
-from catapults.curvature.ntk import empirical_ntk, ntk_matvec
+from catapults.curvature.ntk import PRODUCTS, check_budget, empirical_ntk, ntk_matvec
 from catapults.errors import KernelError
 from catapults.linalg.eigen import block_krylov_top, blocks_for, eig_top
 
@@ -60,6 +60,10 @@ def top_eigenpairs(
     """
     if K is not None:
         return eig_top(K, k, v0=v0)
+    if product not in PRODUCTS:
+        raise KernelError(f"product must be one of {', '.join(map(repr, PRODUCTS))}, "
+                          f"got {product!r}")
+    check_budget(memory_budget)
     n = X.shape[0]
     if method == "auto":
         with torch.no_grad():
@@ -75,7 +79,7 @@ def top_eigenpairs(
             if model(X[:1]).reshape(1, -1).shape[1] > 1:
                 raise KernelError("the matrix-free solver works on the full kernel (kind='full')")
     check_per_sample(model, X)
-    mv = ntk_matvec(model, X, product=product, memory_budget=memory_budget)
+    mv = ntk_matvec(model, X, product=product, memory_budget=memory_budget, check=False)
     with torch.no_grad():
         N = model(X).numel()
     dev, dt = X.device, X.dtype

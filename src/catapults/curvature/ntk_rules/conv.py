@@ -44,6 +44,7 @@ from catapults.curvature.ntk_rules.registry import (
     GradFactor,
     HadamardFactor,
     NTKRule,
+    named_params,
     register_ntk_rule,
     sample_rows,
 )
@@ -184,6 +185,9 @@ class ConvRule(NTKRule):
 
     def __init__(self, scales: ConvScales | None = None) -> None:
         self.scales = scales
+
+    def params(self, module: nn.Module) -> dict[str, nn.Parameter]:
+        return named_params(module, ("weight", "bias"))
 
     def factors(self, module: nn.Module, call: Call, want: set[str], n: int,
                 c: int) -> list[Factor]:

@@ -14,12 +14,16 @@ from catapults.curvature.ntk_rules.registry import (
     Factor,
     HadamardFactor,
     NTKRule,
+    named_params,
     register_ntk_rule,
     sample_rows,
 )
 
 
 class EmbeddingRule(NTKRule):
+    def params(self, module):
+        return named_params(module, ("weight",))
+
     def supports(self, module):
         return module.max_norm is None and not module.scale_grad_by_freq
 

@@ -37,7 +37,14 @@ from catapults.curvature.ntk_rules.generic import (
     generic_ntk,
     per_sample_jacobian,
 )
-from catapults.curvature.ntk_rules.registry import Call, Factor, GradFactor, NTKRule, rule_for
+from catapults.curvature.ntk_rules.registry import (
+    Call,
+    Factor,
+    GradFactor,
+    NTKRule,
+    RulesMismatch,
+    rule_for,
+)
 from catapults.errors import KernelError
 from catapults.linalg.gram import mirror_upper_
 
@@ -169,7 +176,8 @@ def _cotangents(f: Tensor, calls: dict[str, list[Call]]) -> None:
     """Fill each call's cotangents ``(c, *out.shape)`` from one backward pass per output."""
     targets = [(call, k) for cs in calls.values() for call in cs
                for k in range(len(call.outputs))]
-    live = [(call, k) for call, k in targets if call.outputs[k].requires_grad]
+    live = [(call, k) for call, k in targets if call.outputs[k].requires_grad] \
+        if f.requires_grad else []  # an output cut from the graph: all cotangents are zero
     c = f.shape[1]
     got: list[list[Tensor]] = [[] for _ in live]
     for j in range(c if live else 0):  # nothing to differentiate when no rule applies
@@ -225,7 +233,7 @@ def rules_factors(model: nn.Module, X: Tensor, *, memory_budget: float = 2e9,
     big = f1.element_size() * _activation_numel(model, X[:1], largest=True)
     step = chunk_size or min(auto_chunk(n, 2 * (c + 2) * act, memory_budget / 2),
                              auto_chunk(n, big, CHUNK_ACTIVATION_BYTES))
-    ruled = pl.ruled
+    ruled = [Ruled(r.name, r.module, r.rule, dict(r.want)) for r in pl.ruled]  # caller's kept
     per_chunk: list[list[Factor]] = []
     outs = []
     first = True
@@ -240,11 +248,7 @@ def rules_factors(model: nn.Module, X: Tensor, *, memory_budget: float = 2e9,
         outs.append(f.detach())
         fs: list[Factor] = []
         for r in ruled:
-            cs = calls[r.name]
-            for call in cs:
-                call.shared = len(cs) > 1
-            fs.extend(merge_calls([r.rule.factors(r.module, call, set(r.want), n, c)
-                                   for call in cs], r.name))
+            fs.extend(_module_factors(r, calls[r.name], n, c, f.shape[0]))
         if first and max_factor_bytes is not None and \
                 factor_bytes(fs) * n / f.shape[0] > max_factor_bytes:
             return None
@@ -253,6 +257,33 @@ def rules_factors(model: nn.Module, X: Tensor, *, memory_budget: float = 2e9,
         del calls, stops, f
     factors = merge_chunks(per_chunk) if per_chunk else []
     return factors, pl, torch.cat(outs)
+
+
+def _module_factors(r: Ruled, cs: list[Call], n: int, c: int, b: int) -> list[Factor]:
+    """The factors of one ruled module over its calls on a chunk of ``b`` samples, checked:
+    every factor has one row per sample and output (``b·c``) and its inputs one per sample,
+    else the module's inputs were not batched along their first dimension (a sequence-first
+    layer, a layer on a table shared by all samples, tokens folded into the batch)."""
+    name = f"{r.name!r} ({type(r.module).__name__})"
+    for call in cs:
+        call.shared = len(cs) > 1
+    try:
+        fs = merge_calls([r.rule.factors(r.module, call, set(r.want), n, c) for call in cs],
+                         r.name)
+    except KernelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a rule meeting a call it was not written for
+        raise RulesMismatch(f"the NTK rule of module {name} failed on its call "
+                            f"({type(e).__name__}: {e})") from e
+    for fa in fs:
+        rows = fa.G.shape[0] if isinstance(fa, GradFactor) else fa.H.shape[0]
+        ins = None if isinstance(fa, GradFactor) or fa.F is None else fa.F.shape[0]
+        if rows != b * c or ins not in (None, b):
+            raise RulesMismatch(
+                f"module {name} was called on tensors whose first dimension is not the "
+                f"batch of {b} samples (its NTK rule made {rows} rows for {b}·{c}); its "
+                "parameters need the generic path (method='jacobian')")
+    return fs
 
 
 def factor_bytes(factors: list[Factor]) -> int:

@@ -113,8 +113,8 @@ def generic_ntk(model: nn.Module, X: Tensor, kind: str, chunk_size: int | None,
                 memory_budget: float, names: list[str] | None = None) -> Tensor:
     """``J Jᵀ`` from per-sample Jacobians over the parameters ``names`` (default: all trainable).
     When ``J`` fits in ``memory_budget`` it is formed in chunks of :func:`chunk_for` samples,
-    then one exactly symmetric :func:`gram`; otherwise Jacobian chunks are recomputed block row by block row and
-    only the upper-triangle blocks are multiplied."""
+    then one exactly symmetric :func:`gram`; otherwise Jacobian blocks are recomputed block row
+    by block row and only the upper-triangle blocks are multiplied."""
     n = X.shape[0]
     allp = dict(model.named_parameters())
     if names is None:

@@ -13,6 +13,7 @@ from catapults.curvature.ntk_rules.registry import (
     Factor,
     HadamardFactor,
     NTKRule,
+    named_params,
     register_ntk_rule,
     sample_rows,
 )
@@ -26,6 +27,9 @@ class LinearRule(NTKRule):
 
     def __init__(self, scales: LinearScales | None = None) -> None:
         self.scales = scales
+
+    def params(self, module: nn.Module) -> dict[str, nn.Parameter]:
+        return named_params(module, ("weight", "bias"))
 
     def factors(self, module: nn.Module, call: Call, want: set[str], n: int,
                 c: int) -> list[Factor]:

@@ -35,6 +35,12 @@ from torch import Tensor, nn
 from catapults.errors import KernelError
 
 
+class RulesMismatch(KernelError):
+    """The layer rules do not describe this model (a ruled module's inputs not batched along
+    their first dimension, a rule that failed on a call, factors that disagree with autograd):
+    ``method="auto"`` then takes the generic path; an explicit ``method="rules"`` raises it."""
+
+
 @dataclass
 class Call:
     """One call of a module in the forward pass: its inputs (detached tensors), its tensor
@@ -48,8 +54,16 @@ class Call:
 
     @property
     def input(self) -> Tensor:
-        """The first positional input."""
-        return self.args[0]
+        """The first positional input (or, for a module called with keywords only, the
+        keyword ``input``, else the first tensor keyword)."""
+        if self.args:
+            return self.args[0]
+        if isinstance(self.kwargs.get("input"), Tensor):
+            return self.kwargs["input"]
+        for v in self.kwargs.values():
+            if isinstance(v, Tensor):
+                return v
+        raise KernelError("the module was called without a tensor input")
 
     @property
     def cot(self) -> Tensor:
@@ -131,12 +145,27 @@ def unregister_ntk_rule(cls: type[nn.Module]) -> None:
 
 
 def rule_for(module: nn.Module) -> NTKRule | None:
-    """The rule of ``module``'s type (nearest in its MRO), or None."""
+    """The rule of ``module``'s type (nearest in its MRO), or None. None as well, so that the
+    generic path treats the module exactly, when the rule cannot know what the module computes:
+    a subclass that overrides ``forward`` does not inherit its base's rule, and a module with
+    forward hooks or forward pre-hooks (old-style ``spectral_norm`` / ``weight_norm``, hooks
+    that rewrite inputs or outputs) gets none."""
+    if module._forward_hooks or module._forward_pre_hooks:
+        return None
     for cls in type(module).__mro__:
         rule = NTK_RULES.get(cls)
         if rule is not None:
+            if cls is not type(module) and getattr(type(module), "forward", None) is not \
+                    getattr(cls, "forward", None):
+                return None
             return rule if rule.supports(module) else None
     return None
+
+
+def named_params(module: nn.Module, names: tuple[str, ...]) -> dict[str, nn.Parameter]:
+    """The module's own parameters with these names (a layer rule knows only those; others,
+    such as ``weight_orig`` or ``weight_g``, go to the generic path)."""
+    return {k: v for k, v in module.named_parameters(recurse=False) if k in names}
 
 
 def sample_rows(cot: Tensor, batch_dim: int = 0) -> Tensor:
