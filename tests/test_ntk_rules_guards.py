@@ -207,3 +207,24 @@ def test_the_check_runs_once_per_model_and_input_shape(monkeypatch):
     model.float()
     empirical_ntk(model, torch.randn(6, 3), method="rules")  # another dtype: checked again
     assert len(calls) == 2 and calls[0][0] == verify.SAMPLES
+
+
+class ConvTable(nn.Module):
+    """A convolution on an unbatched (C, H, W) map shared by all samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.randn(2, 4, 4))
+        self.conv, self.lin = nn.Conv2d(2, 3, 3), nn.Linear(3, 1)
+
+    def forward(self, x):
+        bias = self.conv(self.table).mean((1, 2))  # (3,)
+        return self.lin(torch.tanh(x + bias))
+
+
+def test_a_rule_that_refuses_a_call_is_a_mismatch_auto_falls_back():
+    model, X = ConvTable().double(), torch.randn(6, 3, dtype=D)
+    J = vmap_jacobian(model, X)
+    assert _rel(empirical_ntk(model, X), J @ J.T) < 1e-10
+    with pytest.raises(KernelError, match=r"module 'conv' \(Conv2d\).*batched"):
+        empirical_ntk(model, X, method="rules")

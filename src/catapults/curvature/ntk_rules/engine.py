@@ -270,8 +270,10 @@ def _module_factors(r: Ruled, cs: list[Call], n: int, c: int, b: int) -> list[Fa
     try:
         fs = merge_calls([r.rule.factors(r.module, call, set(r.want), n, c) for call in cs],
                          r.name)
-    except KernelError:
+    except RulesMismatch:
         raise
+    except KernelError as e:  # a rule refusing a call (e.g. an unbatched convolution)
+        raise RulesMismatch(f"module {name}: {e}") from e
     except Exception as e:  # noqa: BLE001 - a rule meeting a call it was not written for
         raise RulesMismatch(f"the NTK rule of module {name} failed on its call "
                             f"({type(e).__name__}: {e})") from e
