@@ -136,15 +136,8 @@ def empirical_ntk(
     """
     if kind not in ("trace", "full"):
         raise KernelError(f"kind must be 'trace' or 'full', got {kind!r}")
-    method = _ALIASES.get(method, method)
-    if method not in METHODS:
-        raise KernelError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
-    check_budget(memory_budget)
-    if X.shape[0] == 0:
-        raise KernelError("X has no samples")
-    X = on_model_device(model, X)
-    if check:
-        check_per_sample(model, X)
+    method = one_of("method", _ALIASES.get(method, method), METHODS)
+    X = _prepared(model, X, memory_budget, check)
     if kernel_module(model) is not model:  # e.g. a linearised network: the kernel of its base
         K = empirical_ntk(kernel_module(model), X, kind=kind, method=method,
                           chunk_size=chunk_size, memory_budget=memory_budget, check=False)
@@ -178,6 +171,25 @@ def empirical_ntk(
         with torch.no_grad():
             out = model(X).reshape(X.shape[0], -1)
     return K, out
+
+
+def one_of(field: str, value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else a KernelError naming ``field``."""
+    if value not in allowed:
+        raise KernelError(f"{field} must be one of {', '.join(map(repr, allowed))}, "
+                          f"got {value!r}")
+    return value
+
+
+def _prepared(model: nn.Module, X: Tensor, memory_budget: float, check: bool) -> Tensor:
+    """The checks every kernel entry point makes; returns ``X`` on the model's device."""
+    check_budget(memory_budget)
+    if X.shape[0] == 0:
+        raise KernelError("X has no samples")
+    X = on_model_device(model, X)
+    if check:
+        check_per_sample(model, X)
+    return X
 
 
 def check_budget(memory_budget: float) -> None:
@@ -265,16 +277,8 @@ def ntk_matvec(model: nn.Module, X: Tensor, *, product: str = "auto",
     (:mod:`~catapults.curvature.ntk_rules.verify`); where they do not describe the model,
     ``"auto"`` takes the autograd products and ``"factors"`` raises :class:`KernelError`.
     """
-    product = {"rules": "factors"}.get(product, product)
-    if product not in PRODUCTS:
-        raise KernelError(f"product must be one of {', '.join(map(repr, PRODUCTS))}, "
-                          f"got {product!r}")
-    check_budget(memory_budget)
-    if X.shape[0] == 0:
-        raise KernelError("X has no samples")
-    X = on_model_device(model, X)
-    if check:
-        check_per_sample(model, X)
+    product = one_of("product", {"rules": "factors"}.get(product, product), PRODUCTS)
+    X = _prepared(model, X, memory_budget, check)
     model = kernel_module(model)
     if product != "autograd":
         try:

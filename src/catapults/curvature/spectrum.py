@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from catapults.curvature.checks import check_per_sample
-from catapults.curvature.ntk import PRODUCTS, check_budget, empirical_ntk, ntk_matvec
+from catapults.curvature.ntk import PRODUCTS, check_budget, empirical_ntk, ntk_matvec, one_of
 from catapults.errors import KernelError
 from catapults.linalg.eigen import block_krylov_top, blocks_for, eig_top
 
@@ -60,9 +60,7 @@ def top_eigenpairs(
     """
     if K is not None:
         return eig_top(K, k, v0=v0)
-    if product not in PRODUCTS:
-        raise KernelError(f"product must be one of {', '.join(map(repr, PRODUCTS))}, "
-                          f"got {product!r}")
+    one_of("product", product, PRODUCTS)
     check_budget(memory_budget)
     n = X.shape[0]
     if method == "auto":
