@@ -228,3 +228,23 @@ def test_a_rule_that_refuses_a_call_is_a_mismatch_auto_falls_back():
     assert _rel(empirical_ntk(model, X), J @ J.T) < 1e-10
     with pytest.raises(KernelError, match=r"module 'conv' \(Conv2d\).*batched"):
         empirical_ntk(model, X, method="rules")
+
+
+def test_autograd_products_name_an_op_without_forward_mode_ad():
+    class Encoder(nn.Module):  # in eval mode: PyTorch's fused encoder, no forward-mode AD
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.TransformerEncoderLayer(4, 2, dim_feedforward=6, dropout=0.0,
+                                                    batch_first=True)
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(self.layer(x).mean(1))
+
+    model, X = Encoder().double().eval(), torch.randn(5, 3, 4, dtype=D)
+    with pytest.raises(KernelError, match="needs forward-mode AD"):
+        ntk_matvec(model, X, product="autograd")(torch.randn(5, dtype=D))
+    J = vmap_jacobian(model, X)  # the default (factors) and the dense kernel are exact
+    v = torch.randn(5, dtype=D)
+    assert _rel(ntk_matvec(model, X)(v), J @ (J.T @ v)) < 1e-10
+    assert _rel(empirical_ntk(model, X), J @ J.T) < 1e-10

@@ -350,8 +350,15 @@ def _autograd_matvec(model: nn.Module, X: Tensor, names: list[str] | None = None
 
     def mv(v: Tensor) -> Tensor:
         v = v.to(out0.dtype)
-        if v.dim() == 1:
-            return mv1(v).detach()
-        return vmap(mv1, in_dims=1, out_dims=1)(v).detach()
+        try:
+            if v.dim() == 1:
+                return mv1(v).detach()
+            return vmap(mv1, in_dims=1, out_dims=1)(v).detach()
+        except NotImplementedError as e:  # an op without forward-mode AD (fused attention)
+            raise KernelError(
+                f"the autograd kernel product needs forward-mode AD, which an operation of this "
+                f"model does not support ({str(e).splitlines()[0]}); form the kernel with "
+                "empirical_ntk(method='jacobian') or use product='factors' where the layer rules "
+                "apply") from e
 
     return mv

@@ -33,7 +33,9 @@ _PASSED: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
 
 
 def _tolerance(dtype: torch.dtype) -> float:
-    return 1e-9 if dtype == torch.float64 else 1e-3
+    """Relative tolerance of the bilinear form: rounding of float32 products stays far below
+    1e-3 (the mismatches this catches are 10-60%); half precisions get 20 eps."""
+    return 1e-9 if dtype == torch.float64 else max(1e-3, 20 * torch.finfo(dtype).eps)
 
 
 def verify_rules(model: nn.Module, X: Tensor, pl: Plan) -> None:
