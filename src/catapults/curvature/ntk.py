@@ -310,7 +310,8 @@ def _factor_matvec(model: nn.Module, X: Tensor, memory_budget: float, *, strict:
         allp = dict(model.named_parameters())
         p_rest = sum(allp[k].numel() for k in pl.remainder)
         if limit is None or n * c * p_rest * f.element_size() <= limit - factor_bytes(factors):
-            factors = [*factors, GradFactor(remainder_jacobian(model, X, pl, memory_budget))]
+            jac = remainder_jacobian(model, X, pl, memory_budget / 2)  # the factors hold the rest
+            factors = [*factors, GradFactor(jac)]
         else:
             rest = _autograd_matvec(model, X, names=pl.remainder)
     mv_f = factor_products(factors, n, c)

@@ -255,6 +255,9 @@ def rules_factors(model: nn.Module, X: Tensor, *, memory_budget: float = 2e9,
         first = False
         per_chunk.append(fs)
         del calls, stops, f
+    if len({len(fs) for fs in per_chunk}) > 1:
+        raise RulesMismatch("the layer rules gave a different number of factors for different "
+                            "chunks of samples (control flow that depends on the batch)")
     factors = merge_chunks(per_chunk) if per_chunk else []
     return factors, pl, torch.cat(outs)
 
@@ -289,7 +292,8 @@ def _module_factors(r: Ruled, cs: list[Call], n: int, c: int, b: int) -> list[Fa
 
 
 def factor_bytes(factors: list[Factor]) -> int:
-    """Bytes held by the tensors of ``factors``."""
+    """Bytes of the tensors of ``factors`` (their own elements: a factor that is a view of the
+    inputs, which the caller holds anyway, is not charged for the rest of them)."""
     total = 0
     for fa in factors:
         for t in ((fa.G,) if isinstance(fa, GradFactor) else (fa.H, fa.F)):
