@@ -152,15 +152,15 @@ def plain_twin(model: nn.Module) -> nn.Module:
     return twin
 
 
-def auto_choice(model: nn.Module) -> dict[str, Any]:
-    """Which path ``method="auto"`` takes (the rule of catapults.curvature.ntk), or why unknown."""
+def auto_choice(model: nn.Module, X: Tensor) -> dict[str, Any]:
+    """Which path ``method="auto"`` takes (catapults.curvature.ntk's own choice, which also
+    looks at the inputs: dense layers over positions do not count), or why unknown."""
     try:
-        from catapults.curvature.ntk import AUTO_RULES_FRACTION
+        from catapults.curvature.ntk import _auto_method
         from catapults.curvature.ntk_rules.engine import plan
         pl = plan(model)
-        cheap = pl.covered_fraction(model, cheap_only=True)
-        return {"auto_takes": "rules" if cheap >= AUTO_RULES_FRACTION else "jacobian",
-                "cheap_rule_fraction": cheap,
+        return {"auto_takes": _auto_method(model, X, pl),
+                "cheap_rule_fraction": pl.covered_fraction(model, cheap_only=True),
                 "rule_fraction": pl.covered_fraction(model)}
     except Exception as exc:  # noqa: BLE001 - the engine's internals may move
         return {"auto_takes": None, "why": f"{type(exc).__name__}: {exc}"}
@@ -422,7 +422,7 @@ def bench_case(arch: str, side: int, n: int, args: argparse.Namespace, *, with_j
     row: dict[str, Any] = {"arch": arch, "side": side, "n": n, "params": p,
                            "K_bytes": n * n * 4, "J_bytes": n * p * 4,
                            "loadavg_before": os.getloadavg()}
-    row.update(auto_choice(model))
+    row.update(auto_choice(model, X))
     names = ["default", "rules", "jacobian", "nngeometry", "backpack"]
     if row.get("auto_takes") in ("rules", "jacobian") and arch != "cnn":
         names.remove(row["auto_takes"])  # the same path as default: not timed twice
