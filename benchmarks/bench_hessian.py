@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -47,7 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from machine import cpu_model, finish, footer, save_result
+from machine import finish, footer, record_header, save_result
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 
@@ -366,10 +364,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     res: dict[str, Any] = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "cores": cores, "threads": args.threads,
-                    "torch": torch.__version__, "python": platform.python_version(),
-                    "loadavg_start": os.getloadavg()},
+        **record_header(args.threads, torch.__version__),
         "config": {"model": f"MLP {D_IN}-{WIDTH}-{WIDTH}-1 relu ntk no-bias float32",
                    "n": n, "quick": args.quick, "steps": steps, "loss": "MSELoss (mean)"},
     }

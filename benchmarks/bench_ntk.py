@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from machine import cpu_model, finish, footer, save_result, targets_report
+from machine import finish, footer, record_header, save_result, targets_report
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
@@ -190,7 +188,11 @@ def nngeometry_gram() -> tuple[Callable[[nn.Module, Tensor], Tensor] | None, str
         n = X.shape[0]
         return G.data.reshape(n, n)
 
-    return run, getattr(nngeometry, "__version__", "0.4")
+    try:
+        import importlib.metadata as md
+        return run, md.version("nngeometry")
+    except Exception:  # noqa: BLE001 - installed without metadata
+        return run, getattr(nngeometry, "__version__", "?")
 
 
 # ---- sections ---------------------------------------------------------------------------
@@ -532,10 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     model = MLP(D_IN, 1, width=WIDTH, depth=DEPTH, activation="relu", bias=False,
                 parameterization="ntk", seed=0)
     res: dict[str, Any] = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
-                    "torch": torch.__version__, "python": platform.python_version(),
-                    "loadavg_start": os.getloadavg()},
+        **record_header(args.threads, torch.__version__),
         "config": {"model": f"MLP {D_IN}-{WIDTH}-{WIDTH}-1 relu ntk no-bias float32",
                    "quick": args.quick, "repeats": repeats, "sizes": sizes},
     }

@@ -55,12 +55,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import gc
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -74,7 +72,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from machine import cpu_model, finish, footer, save_result, targets_report
+from bench_ntk import nngeometry_gram as nngeometry_fn  # one nngeometry wrapper
+from machine import finish, footer, record_header, save_result, targets_report
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
 
@@ -167,27 +166,6 @@ def auto_choice(model: nn.Module, X: Tensor) -> dict[str, Any]:
 
 
 # ---- methods ----------------------------------------------------------------------------------
-def nngeometry_fn() -> tuple[Callable[[nn.Module, Tensor], Tensor] | None, str]:
-    try:
-        import nngeometry  # noqa: F401
-        from nngeometry.gram import GramMatrix
-    except Exception as exc:  # noqa: BLE001 - record exactly why
-        return None, f"nngeometry not importable: {type(exc).__name__}: {exc}"
-
-    def run(model: nn.Module, X: Tensor) -> Tensor:
-        # nngeometry sets requires_grad on the tensor it is given: give it its own copy
-        G = GramMatrix(model, (X.detach().clone(),))
-        n = X.shape[0]
-        return G.data.reshape(n, n)
-
-    try:
-        import importlib.metadata as md
-        ver = md.version("nngeometry")
-    except Exception:  # noqa: BLE001
-        ver = "?"
-    return run, ver
-
-
 def backpack_fn(chunk: int) -> tuple[Callable[[nn.Module, Tensor], Tensor] | None, str]:
     try:
         from backpack import backpack, extend
@@ -639,10 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     n_big = args.n_big or (16 if args.quick else 256)
     t_start = time.perf_counter()
     res: dict[str, Any] = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads,
-                    "torch": torch.__version__, "python": platform.python_version(),
-                    "loadavg_start": os.getloadavg()},
+        **record_header(args.threads, torch.__version__),
         "config": {"quick": args.quick, "repeats": args.repeats, "sizes": sizes,
                    "n_big": n_big, "backpack_chunk": args.backpack_chunk, "skip": args.skip},
         "cases": [],

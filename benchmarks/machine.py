@@ -22,6 +22,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def record_header(threads: int, torch_version: str) -> dict[str, Any]:
+    """The opening of every benchmark's record: the date and the machine it ran on (CPU model,
+    cores, torch threads, versions, load average at the start)."""
+    import datetime
+
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": {"cpu": cpu_model(), "cores": os.cpu_count() or 1, "threads": threads,
+                        "torch": torch_version, "python": platform.python_version(),
+                        "loadavg_start": os.getloadavg()}}
+
+
 def _cpu_times() -> tuple[int, int]:
     """(idle + iowait, total) jiffies of the whole machine, from /proc/stat."""
     with open("/proc/stat") as fh:
