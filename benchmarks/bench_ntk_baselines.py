@@ -72,6 +72,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_ntk import Scale  # the input scaling of the plain twins
 from bench_ntk import nngeometry_gram as nngeometry_fn  # one nngeometry wrapper
 from machine import finish, footer, record_header, save_result, targets_report
 from machine import wait_quiet as _wait_quiet
@@ -112,15 +113,6 @@ def build(arch: str, side: int, n: int) -> tuple[nn.Module, Tensor]:
     model.eval()
     X = torch.randn(n, 3, side, side, generator=torch.Generator().manual_seed(1000 * side + n))
     return model, X
-
-
-class Scale(nn.Module):
-    def __init__(self, a: float) -> None:
-        super().__init__()
-        self.a = a
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.a
 
 
 def plain_twin(model: nn.Module) -> nn.Module:
