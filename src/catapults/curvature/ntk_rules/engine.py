@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from catapults.curvature.ntk_rules.assemble import assemble, merge_calls, merge_chunks
 from catapults.curvature.ntk_rules.attention import float_outputs
 from catapults.curvature.ntk_rules.generic import (
-    _activation_numel,
+    activation_sizes,
     auto_chunk,
     generic_ntk,
     per_sample_jacobian,
@@ -229,8 +229,8 @@ def rules_factors(model: nn.Module, X: Tensor, *, memory_budget: float = 2e9,
     with torch.no_grad():
         f1 = model(X[:1]).reshape(1, -1)
     c = f1.shape[1]
-    act = f1.element_size() * _activation_numel(model, X[:1])
-    big = f1.element_size() * _activation_numel(model, X[:1], largest=True)
+    act, big, _ = activation_sizes(model, X[:1])
+    act, big = f1.element_size() * act, f1.element_size() * big
     step = chunk_size or min(auto_chunk(n, 2 * (c + 2) * act, memory_budget / 2),
                              auto_chunk(n, big, CHUNK_ACTIVATION_BYTES))
     ruled = [Ruled(r.name, r.module, r.rule, dict(r.want)) for r in pl.ruled]  # caller's kept

@@ -27,15 +27,16 @@ from torch.func import functional_call, jacrev, vmap
 from catapults.linalg.gram import gram, mirror_upper_
 
 
-def _activation_numel(model: nn.Module, x1: Tensor, *, largest: bool = False) -> int:
-    """Numbers in the outputs of all leaf modules for one sample (an activation-size proxy), or
-    in the largest of them (``largest``)."""
-    total = [0]
+def activation_sizes(model: nn.Module, x1: Tensor) -> tuple[int, int, int]:
+    """From one forward pass on one sample: the numbers in the outputs of all leaf modules (an
+    activation-size proxy), in the largest of them, and the bytes per number of the output."""
+    total, largest = [0], [0]
 
     def hook(mod, args, out):
         for t in (out if isinstance(out, (tuple, list)) else (out,)):
             if isinstance(t, Tensor):
-                total[0] = max(total[0], t.numel()) if largest else total[0] + t.numel()
+                total[0] += t.numel()
+                largest[0] = max(largest[0], t.numel())
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if next(m.children(), None) is None]
@@ -45,17 +46,20 @@ def _activation_numel(model: nn.Module, x1: Tensor, *, largest: bool = False) ->
     finally:
         for h in handles:
             h.remove()
-    return max(total[0], out.numel(), x1.numel())
+    floor = max(out.numel(), x1.numel())
+    return max(total[0], floor), max(largest[0], floor), out.element_size()
+
+
+def _bytes(act: int, itemsize: int, p: int, c: int) -> int:
+    return int(itemsize * (2 * c * p + 2 * (c + 1) * act))
 
 
 def bytes_per_sample(model: nn.Module, X: Tensor, p: int, c: int) -> int:
     """Estimated bytes one sample costs inside ``vmap(jacrev)``: its ``c`` Jacobian rows (twice:
     the chunk and its concatenation) and ``c + 1`` copies of its activations (the forward pass
     and one backward pass per output), times a safety factor 2 for temporaries."""
-    with torch.no_grad():
-        itemsize = model(X[:1]).element_size()
-    act = _activation_numel(model, X[:1])
-    return int(itemsize * (2 * c * p + 2 * (c + 1) * act))
+    act, _, itemsize = activation_sizes(model, X[:1])
+    return _bytes(act, itemsize, p, c)
 
 
 def auto_chunk(n: int, per_sample: int, memory_budget: float) -> int:
@@ -70,12 +74,10 @@ CHUNK_ACTIVATION_BYTES = 8 * 2**20
 def chunk_for(model: nn.Module, X: Tensor, p: int, c: int, memory_budget: float) -> int:
     """Samples per ``vmap(jacrev)`` chunk: within ``memory_budget`` and
     :data:`CHUNK_ACTIVATION_BYTES` (module docstring)."""
-    with torch.no_grad():
-        itemsize = model(X[:1]).element_size()
-    big = itemsize * _activation_numel(model, X[:1], largest=True)
+    act, big, itemsize = activation_sizes(model, X[:1])
     n = X.shape[0]
-    return min(auto_chunk(n, bytes_per_sample(model, X, p, c), memory_budget),
-               auto_chunk(n, big, CHUNK_ACTIVATION_BYTES))
+    return min(auto_chunk(n, _bytes(act, itemsize, p, c), memory_budget),
+               auto_chunk(n, itemsize * big, CHUNK_ACTIVATION_BYTES))
 
 
 def per_sample_jacobian(model: nn.Module, X: Tensor, *, chunk_size: int | None = None,
