@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from catapults.curvature.checks import check_per_sample
+from catapults.curvature.checks import check_per_sample, on_model_device
 from catapults.curvature.ntk import PRODUCTS, check_budget, empirical_ntk, ntk_matvec, one_of
 from catapults.errors import KernelError
 from catapults.linalg.eigen import block_krylov_top, blocks_for, eig_top
@@ -62,6 +62,7 @@ def top_eigenpairs(
         return eig_top(K, k, v0=v0)
     one_of("product", product, PRODUCTS)
     check_budget(memory_budget)
+    X = on_model_device(model, X)  # the solver's vectors live beside the parameters
     n = X.shape[0]
     if method == "auto":
         with torch.no_grad():
@@ -108,6 +109,7 @@ def critical_lr(model: nn.Module | None, X: Tensor | None, *, K: Tensor | None =
     if K is not None:
         return critical_rate(K.shape[0], float(eig_top(K, 1)[0][0]))
     assert model is not None and X is not None
+    X = on_model_device(model, X)
     with torch.no_grad():
         nc = model(X).numel()
     return critical_rate(nc, lambda_max(model, X, kind="full"))
@@ -138,8 +140,9 @@ def loss_split(model: nn.Module, X: Tensor, y: Tensor, k: int, *, K: Tensor | No
     _, U = top_eigenpairs(model, X, k, kind="full", method="dense", K=K)
     if outputs is None:
         with torch.no_grad():
-            outputs = model(X)
-    r = (outputs.reshape(X.shape[0], -1) - y.reshape(X.shape[0], -1)).reshape(-1)
+            outputs = model(on_model_device(model, X))
+    r = (outputs.reshape(X.shape[0], -1) - y.reshape(X.shape[0], -1).to(outputs)).reshape(-1)
+    U = U.to(r.device)
     return split_from_eigvecs(r, U)
 
 
