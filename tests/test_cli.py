@@ -68,8 +68,8 @@ def _claim(key: str, passed: bool | None):
 def test_reproduce_strict_exit_code(tmp_path, monkeypatch, capsys, fails):
     calls = []
 
-    def fake_reproduce(experiment, *, out, size, threads):
-        calls.append((experiment, size))
+    def fake_reproduce(experiment, *, out, size, threads, resume):
+        calls.append((experiment, size, resume))
         keys = list(THRESHOLDS)
         claims = [_claim(keys[0], True), _claim(keys[1], not fails), _claim(keys[2], True),
                   _claim(keys[3], None)]  # not run: neither passed nor failed
@@ -87,7 +87,9 @@ def test_reproduce_strict_exit_code(tmp_path, monkeypatch, capsys, fails):
         assert err == (f"catapults: 1 of 4 claims failed (--strict): {list(THRESHOLDS)[1]}\n")
     else:
         assert err == ""
-    assert calls == [("all", "tiny")] * 2
+    assert calls == [("all", "tiny", False)] * 2
+    assert cli.main([*argv, "--resume"]) == 0
+    assert calls[-1] == ("all", "tiny", True)
 
 
 def test_help_builds_every_parser_without_torch():

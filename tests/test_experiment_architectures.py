@@ -66,3 +66,111 @@ def test_each_architecture_catapults_above_its_critical_rate(tiny):
             caused = [int(r["catapults"] or 0) - int(r["spontaneous"] or 0) for r in rows
                       if r["seed"] == seed and r["kind"] == "raises" and int(r["raises"]) > 0]
             assert max(caused) >= 1, (arch, seed, caused)
+
+
+# ---- --resume: finished units are read back, not trained again ---------------------------------
+def _no_training(monkeypatch):
+    """Make any training in the architectures experiment fail loudly."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a unit was trained again")
+
+    monkeypatch.setattr(ar, "_train_unit", refuse)
+
+
+def _claims(res):
+    return [(c.id, c.status, None if c.value is None else round(c.value, 15), c.n_seeds)
+            for c in res.claims]
+
+
+def test_resume_reuses_every_finished_unit_and_gives_the_same_claims(tiny, monkeypatch):
+    d, res = tiny
+    before = {p.name: p.read_bytes() for p in d.glob("*-digits-*.csv")}
+    _no_training(monkeypatch)
+    again = ar.exp_architectures(d, "tiny", resume=True)
+    assert _claims(again) == _claims(res)
+    assert {p.name: p.read_bytes() for p in d.glob("*-digits-*.csv")} == before
+    assert sum("reused (--resume)" in n for n in again.notes) == len(list(d.glob("*-unit.json")))
+
+
+@pytest.mark.parametrize("damage", ["other-seeds", "csv-changed", "csv-missing", "garbage",
+                                    "no-record"])
+def test_resume_reruns_a_unit_whose_record_does_not_match(tiny, tmp_path, monkeypatch, damage):
+    import shutil
+
+    d, _ = tiny
+    work = tmp_path / "architectures"
+    shutil.copytree(d, work, ignore=shutil.ignore_patterns("runs"))
+    record = work / "vit-ntk-digits-unit.json"
+    if damage == "other-seeds":
+        doc = json.loads(record.read_text())
+        doc["key"]["seeds"] = [0, 1, 2]
+        record.write_text(json.dumps(doc))
+    elif damage == "csv-changed":
+        p = work / "vit-ntk-digits-gd-multi.csv"
+        p.write_text(p.read_text().replace("completed", "diverged", 1))
+    elif damage == "csv-missing":
+        (work / "vit-ntk-digits-batch-size-runs.csv").unlink()
+    elif damage == "garbage":
+        record.write_bytes(b"\x00{not json")
+    else:
+        record.unlink()
+    trained = []
+
+    def fake_train(out, size, arch, par, task):
+        trained.append(f"{arch}-{par}")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ar, "_train_unit", fake_train)
+    with pytest.raises(RuntimeError, match="stop here"):
+        ar.exp_architectures(work, "tiny", resume=True)
+    assert trained == ["vit-ntk"]  # cnn-ntk and wrn-ntk (before it) were reused
+
+
+def test_resume_is_off_by_default(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    d, _ = tiny
+    work = tmp_path / "architectures"
+    shutil.copytree(d, work, ignore=shutil.ignore_patterns("runs"))
+    trained = []
+
+    def fake_train(out, size, arch, par, task):
+        trained.append(arch)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ar, "_train_unit", fake_train)
+    with pytest.raises(RuntimeError):
+        ar.exp_architectures(work, "tiny")
+    assert trained == ["cnn"]
+
+
+def test_rows_read_back_as_written(tmp_path):
+    from catapults.experiments.common import _write_csv
+    from catapults.experiments.units import read_rows
+
+    rows = [{"seed": 0, "status": "completed", "loss": 0.1 + 0.2, "tiny": 1e-300,
+             "none": None, "flag": True, "inf": float("inf"), "run": "/a/b-seed0"},
+            {"seed": 1, "status": "diverged", "loss": float("nan"), "flag": False,
+             "neg": -3, "big": 123456789012345678901234567890}]
+    back = read_rows(_write_csv(tmp_path / "t.csv", rows))
+    assert back[0] == {**rows[0], "neg": None, "big": None}
+    nan = back[1].pop("loss")
+    assert nan != nan
+    assert back[1] == {"seed": 1, "status": "diverged", "tiny": None, "none": None,
+                       "flag": False, "inf": None, "run": None, "neg": -3,
+                       "big": 123456789012345678901234567890}
+    assert [type(v) for v in back[0].values()] == [int, str, float, float, type(None), bool,
+                                                  float, str, type(None), type(None)]
+
+
+def test_cli_resume_reuses_the_units(tiny, monkeypatch, capsys):
+    from catapults import cli
+
+    d, res = tiny
+    _no_training(monkeypatch)
+    argv = ["reproduce", "architectures", "--size", "tiny", "--out", str(d.parent), "--resume"]
+    assert cli.main(argv) == 0
+    doc = json.loads((d / "claims.json").read_text())
+    assert [(c["id"], c["status"]) for c in doc["claims"]] == \
+        [(c.id, c.status) for c in res.claims]
+    assert "reused (--resume)" in json.dumps(doc)

@@ -25,6 +25,10 @@ def add_parsers(sub) -> None:
                    help="explicit size (overrides --quick; 'tiny' is for tests)")
     p.add_argument("--out", default="reproduce", help="output directory (default: reproduce)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse what a killed or earlier run of the same size finished under "
+                   "--out (architectures: per architecture, parameterisation and data set); "
+                   "the other experiments run in full")
     p.add_argument("--strict", action="store_true",
                    help="exit with code 1 when any claim fails (default: 0 once the "
                    "experiments ran)")
@@ -36,7 +40,8 @@ def cmd_reproduce(args) -> int:
 
     check_output_path(args.out, "--out")
     size = args.size or ("quick" if args.quick else "full")
-    results = reproduce(args.experiment, out=args.out, size=size, threads=args.threads)
+    results = reproduce(args.experiment, out=args.out, size=size, threads=args.threads,
+                        resume=args.resume)
     if not results:
         return 1
     # a claim `not run` (all runs diverged, too few seeds, a data set absent) is neither

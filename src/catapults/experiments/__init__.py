@@ -76,7 +76,7 @@ from catapults.storage.atomic import write_json_atomic
 # attributes of catapults.experiments; to replace one with monkeypatch, patch the module whose
 # functions look it up (e.g. catapults.experiments.gd_multi._cfg), not this package.
 __all__ = [
-    "EXPERIMENTS", "RUNNERS", "SIZES", "THRESHOLDS", "BestRunReference", "Claim",
+    "EXPERIMENTS", "RESUMABLE", "RUNNERS", "SIZES", "THRESHOLDS", "BestRunReference", "Claim",
     "ExperimentResult", "exp_architectures", "exp_beyond", "exp_gd_multi", "exp_gd_single",
     "exp_real", "exp_sgd_batch_size", "exp_sgd_spikes", "exp_stability", "format_claims",
     "make_claim", "reproduce", "spearman",
@@ -97,12 +97,19 @@ RUNNERS: dict[str, Callable[[Path, str], ExperimentResult]] = {
 }
 
 
+RESUMABLE = ("architectures",)
+"""The experiments that record finished units (:mod:`.units`) and reuse them with ``resume``."""
+
+
 def reproduce(experiment: str, *, out: str | Path = "reproduce", size: str = "full",
-              threads: int | None = None, echo: Callable[[str], None] | None = print
-              ) -> list[ExperimentResult]:
+              threads: int | None = None, echo: Callable[[str], None] | None = print,
+              resume: bool = False) -> list[ExperimentResult]:
     """Run ``experiment`` (one of EXPERIMENTS or ``"all"``) at ``size`` under ``out``.
 
     Writes ``out/EXPERIMENT/`` (runs, figures, CSVs, claims.json) and ``out/claims.json``.
+    ``resume``: the experiments of :data:`RESUMABLE` reuse the units a previous (killed) call
+    at the same size finished under ``out`` (their CSVs; the claims, tables and figures are
+    made again); the others run in full.
     """
     if experiment != "all" and experiment not in RUNNERS:
         raise ConfigError(f"experiment: {experiment!r} is not one of "
@@ -118,7 +125,12 @@ def reproduce(experiment: str, *, out: str | Path = "reproduce", size: str = "fu
         t0 = time.perf_counter()
         if echo:
             echo(f"[reproduce] {name} ({size}) ...")
-        res = RUNNERS[name](out / name, size)
+        if resume and name in RESUMABLE:
+            res = RUNNERS[name](out / name, size, resume=True)
+        else:
+            if resume and echo:
+                echo(f"[reproduce] {name}: records no units, --resume reuses nothing of it")
+            res = RUNNERS[name](out / name, size)
         res.seconds = time.perf_counter() - t0
         write_json_atomic(out / name / "claims.json", _claims_doc([res], size))
         results.append(res)

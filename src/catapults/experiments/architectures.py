@@ -46,6 +46,7 @@ from catapults.experiments.common import _plt, _save, _seeds, _write_csv
 from catapults.experiments.gd_multi import _multi_claims, _multi_runs
 from catapults.experiments.real import FULL_SIZE_SETS, BestRunReference, _real_tasks
 from catapults.experiments.sgd_batch_size import _batch_claims, _batch_runs
+from catapults.experiments.units import load_unit, save_unit
 
 ARCHS = ("cnn", "wrn", "vit")
 PARAMETERIZATIONS = ("ntk", "standard")
@@ -112,9 +113,42 @@ def _raise_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _one(out: Path, size: str, arch: str, par: str, task: dict[str, Any]
-         ) -> tuple[list[Claim], list[Path], list[str]]:
-    """gd-multi and sgd-batch-size of one architecture, parameterisation and task."""
+def _unit_key(size: str, arch: str, par: str, task: dict[str, Any]) -> dict[str, Any]:
+    """What a unit's runs depend on (:mod:`.units`): a record with another key is rerun."""
+    settings = {k: v for k, v in SETTINGS[size].items() if k != "standard"}
+    return {"experiment": "architectures", "size": size,
+            "model": {**MODELS[arch], "parameterization": par}, "task": task,
+            "seeds": _seeds(size), "settings": settings}
+
+
+def _one(out: Path, size: str, arch: str, par: str, task: dict[str, Any], *,
+         resume: bool = False) -> tuple[list[Claim], list[Path], list[str]]:
+    """gd-multi and sgd-batch-size of one architecture, parameterisation and task (one unit:
+    with ``resume``, the rows of a finished unit with the same key are read back instead)."""
+    stem = f"{arch}-{par}-{task['name']}"
+    key = _unit_key(size, arch, par, task)
+    got, note = load_unit(out, stem, key) if resume else (None, "")
+    if got is None:
+        rows, brows, notes = _train_unit(out, size, arch, par, task)
+    else:
+        rows, brows, notes = got["gd-multi"], got["batch-size-runs"], [note]
+    if note and got is None:
+        notes.insert(0, note)
+    prefix = _prefix(arch, par, task["name"])
+    claims = _multi_claims(prefix, rows)
+    bclaims, btable = _batch_claims(prefix, brows)
+    tables = {"gd-multi": _write_csv(out / f"{stem}-gd-multi.csv", rows),
+              "summary": _write_csv(out / f"{stem}-summary.csv", _raise_summary(rows)),
+              "batch-size-runs": _write_csv(out / f"{stem}-batch-size-runs.csv", brows),
+              "batch-size": _write_csv(out / f"{stem}-batch-size.csv", btable)}
+    if got is None:
+        save_unit(out, stem, key, tables)
+    return claims + bclaims, list(tables.values()), notes
+
+
+def _train_unit(out: Path, size: str, arch: str, par: str, task: dict[str, Any]
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """The runs of one unit: gd-multi per seed, then sgd-batch-size; their rows and notes."""
     name, s = task["name"], SETTINGS[size]
     model = {**MODELS[arch], "parameterization": par}
     stem = f"{arch}-{par}-{name}"
@@ -130,19 +164,12 @@ def _one(out: Path, size: str, arch: str, par: str, task: dict[str, Any]
                            run_figures=size != "tiny")
         rows += r
         refs.append(ref.path)
-    prefix = _prefix(arch, par, name)
-    claims = _multi_claims(prefix, rows)
-    tables = [_write_csv(out / f"{stem}-gd-multi.csv", rows),
-              _write_csv(out / f"{stem}-summary.csv", _raise_summary(rows))]
     ref = BestRunReference()
     brows = _batch_runs(out, size, data_of, tag=f"{stem}-sgd", reference=ref, model=model,
                         steps=s["batch_steps"], batch_sizes=s["batch_sizes"])
-    bclaims, btable = _batch_claims(prefix, brows)
-    tables += [_write_csv(out / f"{stem}-batch-size-runs.csv", brows),
-               _write_csv(out / f"{stem}-batch-size.csv", btable)]
     notes = [f"{stem}: gd-multi reference AGOPs (per seed) from {refs}; batch-size reference "
              f"AGOP (last seed) from {ref.path}"]
-    return claims + bclaims, tables, notes
+    return rows, brows, notes
 
 
 def _fig_summary(claims: list[Claim], path: Path) -> Path:
@@ -175,9 +202,10 @@ def _fig_summary(claims: list[Claim], path: Path) -> Path:
     return _save(fig, path)
 
 
-def exp_architectures(out: Path, size: str) -> ExperimentResult:
+def exp_architectures(out: Path, size: str, *, resume: bool = False) -> ExperimentResult:
     """gd-multi and sgd-batch-size for cnn, wrn and vit in NTK and standard parameterisation
-    on the real binary tasks present."""
+    on the real binary tasks present. ``resume``: reuse the units a previous call at this size
+    finished (:mod:`.units`; ``catapults reproduce architectures --resume``)."""
     claims, tables, notes = [], [], []
     tasks = _tasks(size)
     if size == "full":
@@ -197,7 +225,7 @@ def exp_architectures(out: Path, size: str) -> ExperimentResult:
                            "the full size runs it for every architecture")
                     claims += _not_run(_prefix(arch, par, task["name"]), why, size)
                     continue
-                c, t, n = _one(out, size, arch, par, task)
+                c, t, n = _one(out, size, arch, par, task, resume=resume)
                 claims += c
                 tables += t
                 notes += n

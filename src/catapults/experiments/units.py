@@ -1,0 +1,98 @@
+"""Resumable units of a long experiment (``catapults reproduce ... --resume``).
+
+A *unit* is a part of an experiment that trains its own runs and leaves its numbers in CSV
+files (``architectures``: one architecture in one parameterisation on one data set, 20-40 min at
+full size on one core). When a unit finishes, :func:`save_unit` writes ``STEM-unit.json``
+beside its CSVs: the *key* (everything the unit's runs depend on: size, model, data, seeds,
+settings), the package version, the time, and each CSV's SHA-256. With ``--resume``,
+:func:`load_unit` gives back the unit's rows, read from its CSVs (:func:`read_rows`), when the
+record exists, its key equals the one the unit would run with now and every CSV still has its
+digest; otherwise (no record, other settings, a CSV changed or missing, a damaged record) the unit
+is run again, and the reason is returned for the experiment's notes.
+
+The CSVs are the record's only data: the rows the claims are computed from are exactly those
+written (:func:`~catapults.experiments.common._write_csv` writes ``repr`` of each float, so the
+numbers come back bit for bit; ``None`` is an empty cell).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from catapults.storage.atomic import write_json_atomic
+
+UNIT_FORMAT = 1
+
+
+def _cell(text: str) -> Any:
+    """One CSV cell as the value ``_write_csv`` wrote: empty is None, ``True``/``False`` bools,
+    then int, then float (``nan``, ``inf`` included), else the string."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV written by ``_write_csv``, each cell typed back (:func:`_cell`)."""
+    with path.open(newline="") as fh:
+        return [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _normal(key: dict[str, Any]) -> Any:
+    """The key as JSON would give it back (tuples as lists)."""
+    return json.loads(json.dumps(key))
+
+
+def save_unit(out: Path, stem: str, key: dict[str, Any], tables: dict[str, Path]) -> Path:
+    """Record that the unit ``stem`` finished with ``key``; ``tables`` maps a name to a CSV
+    already written (atomically) under ``out``."""
+    from catapults import __version__
+
+    path = out / f"{stem}-unit.json"
+    write_json_atomic(path, {
+        "format": UNIT_FORMAT, "key": key, "catapults_version": __version__,
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tables": {name: {"file": p.name, "sha256": _digest(p)} for name, p in tables.items()}})
+    return path
+
+
+def load_unit(out: Path, stem: str, key: dict[str, Any]
+              ) -> tuple[dict[str, list[dict[str, Any]]] | None, str]:
+    """``(rows per table name, note)`` of a finished unit whose record matches ``key``, or
+    ``(None, why it is run again)``."""
+    path = out / f"{stem}-unit.json"
+    if not path.is_file():
+        return None, f"{stem}: no {path.name} (not finished before): run"
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format") != UNIT_FORMAT or not isinstance(doc.get("tables"), dict):
+            return None, f"{stem}: {path.name} has another format: run again"
+        if _normal(doc.get("key")) != _normal(key):
+            return None, f"{stem}: {path.name} was made with other settings: run again"
+        rows = {}
+        for name, t in doc["tables"].items():
+            csv_path = out / t["file"]
+            if not csv_path.is_file() or _digest(csv_path) != t["sha256"]:
+                return None, f"{stem}: {t['file']} is missing or changed since {path.name}: " \
+                             "run again"
+            rows[name] = read_rows(csv_path)
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        return None, f"{stem}: {path.name} cannot be read ({type(exc).__name__}): run again"
+    return rows, (f"{stem}: reused (--resume) from {path.name}: finished "
+                  f"{doc.get('finished')} with catapults {doc.get('catapults_version')}")
