@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -238,8 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     global DEV
     DEV = torch.device(args.device)
     if DEV.type == "cuda" and not torch.cuda.is_available():
-        print("bench_cuda: no CUDA device", file=sys.stderr)
-        return 2
+        print("bench_cuda: skipped, no CUDA device (scripts/gpu_check.sh runs it on a GPU; "
+              "--device cpu for a dry run)")
+        return 0
+    if args.json is None and os.environ.get("BENCH_OUT"):
+        name = "cuda-quick.json" if args.quick else "cuda.json"
+        args.json = str(Path(os.environ["BENCH_OUT"]) / name)
     info = {"torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(0) if DEV.type == "cuda" else "none (dry run)",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

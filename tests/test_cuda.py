@@ -89,3 +89,27 @@ def test_preconditioned_sharpness_with_cpu_data(pair):
         opt.step()
         sharp.append(preconditioned_sharpness(model, X, y, opt))
     assert abs(sharp[1] / sharp[0] - 1) < 1e-6
+
+
+def test_conv_kernel_is_float32_exact_under_pytorchs_tf32_default():
+    """cuDNN runs float32 convolutions in TF32 unless told otherwise (8e-4 relative error in
+    this CNN's kernel on an H200); the curvature functions turn it off inside and give it back.
+    ``auto`` takes the conv rule on CUDA when its gradients fit."""
+    from catapults.curvature.ntk import _auto_method
+    from catapults.curvature.ntk_rules.engine import plan
+
+    torch.manual_seed(0)
+    cpu = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1))
+    gpu = copy.deepcopy(cpu).cuda()
+    X = torch.randn(64, 3, 16, 16)
+    ref = empirical_ntk(cpu.double(), X.double(), method="jacobian")
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        assert _auto_method(gpu, X.cuda(), plan(gpu)) == "rules"
+        for method in ("auto", "jacobian"):
+            assert close(empirical_ntk(gpu, X, method=method), ref, 1e-5), method
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved

@@ -84,3 +84,28 @@ def test_auto_counts_dense_layers_over_positions_as_per_sample():
         J = vmap_jacobian(model, x)
         K = empirical_ntk(model, x)
         assert ((K - J @ J.T).abs().max() / (J @ J.T).abs().max()).item() < 1e-10
+
+
+def test_auto_takes_the_conv_rule_on_cuda_or_when_the_jacobian_does_not_fit():
+    """``auto`` counts the convolution rule on a CUDA device (1.9-8.7x faster than the generic
+    path on an H200, 0.8-0.9x on a CPU), and on a CPU when J does not fit in the memory budget
+    (the generic path then recomputes blocks); never the attention rules (the ViT was faster on
+    the generic path on the GPU too)."""
+    from torch import nn
+
+    from catapults.curvature.ntk import _auto_method
+    from catapults.models import ViT
+
+    torch.manual_seed(int(torch.randint(0, 10**6, ())))
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    X = torch.randn(10, 3, 6, 6)
+    J_bytes = 10 * 3 * sum(p.numel() for p in cnn.parameters()) * 4
+    assert _auto_method(cnn, X, plan(cnn)) == "jacobian"  # on this CPU, J fits
+    assert _auto_method(cnn, X, plan(cnn), J_bytes, cuda=False) == "jacobian"
+    assert _auto_method(cnn, X, plan(cnn), J_bytes - 4, cuda=False) == "rules"
+    assert _auto_method(cnn, X, plan(cnn), cuda=True) == "rules"
+    vit = ViT((3, 8, 8), 1, seed=0).eval()
+    Xv = torch.randn(4, 3, 8, 8)
+    assert _auto_method(vit, Xv, plan(vit), cuda=True) == "jacobian"
+    assert _auto_method(vit, Xv, plan(vit), 1.0, cuda=False) == "jacobian"

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from catapults.curvature.checks import check_per_sample as _check_per_sample
 from catapults.curvature.checks import on_model_device
+from catapults.curvature.precision import full_float32
 from catapults.errors import AGOPError
 from catapults.linalg.gram import gram, mirror_upper_, syrk_upper_
 
@@ -118,6 +119,7 @@ def _prepare(f: Predictor, X: Tensor, check: bool) -> None:
         check_per_sample(f, X)
 
 
+@full_float32()
 def input_gradients(f: Predictor, X: Tensor, *, chunk_size: int | None = DEFAULT_CHUNK,
                     check: bool = True) -> Tensor:
     """Per-sample input gradients ``∇_x f_j(x_i)`` as a tensor of shape ``(n, c, d)``.
@@ -131,6 +133,7 @@ def input_gradients(f: Predictor, X: Tensor, *, chunk_size: int | None = DEFAULT
 
 
 # ---- dense AGOP -----------------------------------------------------------------------------
+@full_float32()
 def agop(f: Predictor, X: Tensor, *, chunk_size: int | None = DEFAULT_CHUNK,
          check: bool = True, block: int = 512) -> Tensor:
     """The AGOP ``G(f, X) = (1/n) Σ_i Σ_j ∇_x f_j(x_i) ∇_x f_j(x_i)ᵀ`` (docs/conventions.md).
@@ -240,6 +243,7 @@ class FactoredAGOP:
         return (vals if k is None else vals[:k]).to(self.F.dtype)
 
 
+@full_float32()
 def agop_factor(f: Predictor, X: Tensor, *, chunk_size: int | None = DEFAULT_CHUNK,
                 check: bool = True) -> FactoredAGOP:
     """``G(f, X)`` in factored form (:class:`FactoredAGOP`): the ``(n·c, d)`` gradient matrix and
@@ -380,6 +384,7 @@ def alignment(A: Matrix, B: Matrix, *, centered: bool = False, sqrt: bool = Fals
     return max(-1.0, min(1.0, ab / math.sqrt(aa * bb)))
 
 
+@full_float32()
 def agop_for_alignment(f: Predictor, X: Tensor, reference: Matrix | None = None, *,
                        sqrt: bool = False, method: str = "auto",
                        chunk_size: int | None = DEFAULT_CHUNK, check: bool = True) -> Matrix:
@@ -413,6 +418,7 @@ def agop_for_alignment(f: Predictor, X: Tensor, reference: Matrix | None = None,
     return A.div_(n)
 
 
+@full_float32()
 def agop_alignment(f: Predictor, X: Tensor, reference: Matrix, *, centered: bool = False,
                    sqrt: bool = False, method: str = "auto",
                    chunk_size: int | None = DEFAULT_CHUNK, check: bool = True) -> float:

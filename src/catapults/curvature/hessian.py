@@ -38,6 +38,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from catapults.curvature.checks import on_model_device, trainable_params
 from catapults.curvature.losses import get_loss
+from catapults.curvature.precision import exact_products, full_float32
 from catapults.curvature.stability import _adam_scales, optimizer_edge
 from catapults.errors import KernelError
 from catapults.linalg.eigen import block_krylov_top, blocks_for
@@ -70,6 +71,7 @@ def _flat_loss(model: nn.Module, X: Tensor, y: Tensor, loss: str = "mse"
     return value, theta
 
 
+@exact_products
 def hvp_operator(model: nn.Module, X: Tensor, y: Tensor, *, loss: str = "mse",
                  reuse_graph: bool = False) -> tuple[Callable[[Tensor], Tensor], int]:
     """``(V ↦ H V, p)``: the Hessian of the loss (mean MSE by default) times a block ``V`` of
@@ -143,6 +145,7 @@ def _basis_blocks(p: int) -> int:
     return int(min(50, max(10, BASIS_BYTES // (8 * p) - 1)))
 
 
+@full_float32()
 def hessian_top_eigenpairs(model: nn.Module, X: Tensor, y: Tensor, k: int = 1, *,
                            loss: str = "mse", v0: Tensor | None = None,
                            shift: float | None = 0.0, tol: float | None = None,
@@ -164,6 +167,7 @@ def hessian_top_eigenpairs(model: nn.Module, X: Tensor, y: Tensor, k: int = 1, *
                           tol=d_tol if tol is None else tol, floor=floor, block=block)
 
 
+@full_float32()
 def hessian_power_step(model: nn.Module, X: Tensor, y: Tensor, v: Tensor, *,
                        loss: str = "mse") -> tuple[float, float, Tensor]:
     """One Hessian-vector product at the model's current parameters: ``(θ, residual, v_next)``
@@ -207,6 +211,7 @@ def _top_algebraic(op: Callable[[Tensor], Tensor], p: int, k: int, *,
     return vals - shift, vecs
 
 
+@full_float32()
 def preconditioned_sharpness(model: nn.Module, X: Tensor, y: Tensor,
                              optimizer: torch.optim.Optimizer, *, tol: float | None = None,
                              loss: str = "mse") -> float:
@@ -255,6 +260,7 @@ def _one_batch(model: nn.Module, X: Tensor, y: Tensor, loss: str) -> float:
     return float(g @ hg) / gg
 
 
+@full_float32()
 def batch_sharpness(model: nn.Module, X: Tensor, y: Tensor, batch_size: int, *,
                     rel_se: float = 0.02, min_batches: int = 20, max_batches: int = 2000,
                     generator: torch.Generator | None = None,

@@ -16,10 +16,12 @@ from torch import Tensor, nn
 
 from catapults.curvature.checks import check_per_sample, on_model_device
 from catapults.curvature.ntk import PRODUCTS, check_budget, empirical_ntk, ntk_matvec, one_of
+from catapults.curvature.precision import full_float32
 from catapults.errors import KernelError
 from catapults.linalg.eigen import block_krylov_top, blocks_for, eig_top
 
 
+@full_float32()
 def top_eigenpairs(
     model: nn.Module,
     X: Tensor,
@@ -95,12 +97,14 @@ def top_eigenpairs(
     return vals.to(dt), vecs.to(dt)
 
 
+@full_float32()
 def lambda_max(model: nn.Module, X: Tensor, *, kind: str = "full") -> float:
     """The largest eigenvalue of the NTK on ``X``."""
     vals, _ = top_eigenpairs(model, X, 1, kind=kind, method="dense")
     return float(vals[0])
 
 
+@full_float32()
 def critical_lr(model: nn.Module | None, X: Tensor | None, *, K: Tensor | None = None) -> float:
     """``η_crit = n·c / λ_max(K)`` (full kernel): the critical GD learning rate of the mean-MSE
     loss on ``X``, i.e. ``2 / λ_max`` of its Gauss-Newton Hessian. For a mini-batch ``X_B`` of
@@ -131,6 +135,7 @@ def split_from_eigvecs(residual: Tensor, U: Tensor) -> tuple[float, float, float
     return L, top, L - top
 
 
+@full_float32()
 def loss_split(model: nn.Module, X: Tensor, y: Tensor, k: int, *, K: Tensor | None = None,
                outputs: Tensor | None = None) -> tuple[float, float, float]:
     """``(L, L_top, L_rest)``: the mean-MSE loss on ``(X, y)`` and its parts inside and outside
@@ -163,6 +168,7 @@ class NTKSummary:
     K: Tensor | None = None
 
 
+@full_float32()
 def ntk_summary(model: nn.Module, X: Tensor, y: Tensor | None = None, k: int = 5, *,
                 s: int | None = None, lr: float | None = None, v0: Tensor | None = None,
                 keep_kernel: bool = False, **kernel_options) -> NTKSummary:

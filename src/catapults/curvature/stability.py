@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from catapults.curvature.checks import on_model_device, trainable_params
 from catapults.curvature.ntk import empirical_ntk
 from catapults.curvature.ntk_rules.generic import per_sample_jacobian
+from catapults.curvature.precision import full_float32
 from catapults.errors import KernelError
 from catapults.linalg.gram import gram
 
@@ -129,6 +130,7 @@ def adam_inverse_preconditioner(model: nn.Module,
     return _adam_scales(model, optimizer, edge)
 
 
+@full_float32()
 def preconditioned_kernel(model: nn.Module, X: Tensor,
                           optimizer: torch.optim.Optimizer | None = None, *,
                           inverse_preconditioner: dict[str, Tensor] | None = None) -> Tensor:
@@ -165,6 +167,7 @@ NTK_FORM_ONLY_MSE = (
 """The message for a non-MSE loss where the NTK form was asked for."""
 
 
+@full_float32()
 def critical_lr(model: nn.Module, X: Tensor,
                 optimizer: torch.optim.Optimizer | None = None, *,
                 K: Tensor | None = None, loss: str = "mse") -> float:

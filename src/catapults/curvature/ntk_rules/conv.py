@@ -182,6 +182,7 @@ class ConvRule(NTKRule):
     # at n = 1000, but not faster in wall time on two threads of the loaded shared machine
     # (docs/benchmarks.md), so method="auto" keeps the generic path for conv nets.
     per_sample = True
+    fast_on_cuda = True
 
     def __init__(self, scales: ConvScales | None = None) -> None:
         self.scales = scales

@@ -16,8 +16,9 @@ Memory: the forward and backward passes run on chunks of samples sized from ``me
 (activations times ``c + 2``) and so that no activation (output of a leaf module) of a chunk
 exceeds :data:`CHUNK_ACTIVATION_BYTES` (feature maps then stay in cache while the next layers
 and the rules use them: on the issue's CNN with 3×32×32 inputs the forward and backward passes
-ran 2x faster in chunks of 16-64 samples than of 158; an MLP's chunks stay whole); the rules'
-factors are kept for all samples.
+ran 2x faster in chunks of 16-64 samples than of 158; an MLP's chunks stay whole; on a CUDA
+device only the budget applies); the rules' factors are kept for all samples, in groups of
+modules whose factors fit in half the budget when all of them would not (:func:`rules_ntk`).
 """
 
 from __future__ import annotations
@@ -203,16 +204,57 @@ def _stack(slot: list[Tensor]) -> Tensor:
 def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 2e9,
               chunk_size: int | None = None, the_plan: Plan | None = None
               ) -> tuple[Tensor, Tensor]:
-    """``(K, f(X))`` by the rules path (see module doc), the generic path for the rest."""
-    got = rules_factors(model, X, memory_budget=memory_budget, chunk_size=chunk_size,
-                        the_plan=the_plan)
-    assert got is not None  # no factor limit was set
-    factors, pl, f = got
-    n, c = X.shape[0], f.shape[1]
-    K = assemble(factors, n, c, kind, f.dtype, X.device, memory_budget)
-    if pl.remainder:
-        K.add_(remainder_ntk(model, X, kind, pl, chunk_size, memory_budget))
+    """``(K, f(X))`` by the rules path (see module doc), the generic path for the rest.
+
+    When the factors of all samples would pass half of ``memory_budget`` (a ResNet's per-sample
+    convolution gradients are ``J``'s size), the ruled modules are taken in groups whose factors
+    fit (:func:`factor_groups`), one forward pass and ``c`` backward passes per group, each
+    group's contribution added to ``K`` and its factors freed."""
+    pl = the_plan or plan(model)
+    n = X.shape[0]
+    remainder = list(pl.remainder)
+    K = f = None
+    for group in factor_groups(model, X, pl, memory_budget / 2):
+        got = rules_factors(model, X, memory_budget=memory_budget, chunk_size=chunk_size,
+                            the_plan=Plan(group, [], pl.names))
+        assert got is not None  # no factor limit was set
+        factors, gpl, f = got
+        remainder += gpl.remainder  # parameters the graph check found used outside
+        Kg = assemble(factors, n, f.shape[1], kind, f.dtype, X.device, memory_budget)
+        del factors
+        K = Kg if K is None else K.add_(Kg)
+    assert K is not None and f is not None
+    if remainder:
+        K.add_(remainder_ntk(model, X, kind, Plan([], remainder, pl.names), chunk_size,
+                             memory_budget))
     return mirror_upper_(K), f
+
+
+def factor_groups(model: nn.Module, X: Tensor, pl: Plan, limit: float) -> list[list[Ruled]]:
+    """``pl.ruled`` in order, cut into groups whose factors for all samples stay within
+    ``limit`` bytes (one group, ``[pl.ruled]``, when they all fit; a module over the limit on
+    its own is a group by itself). Each module's factor bytes are measured on a forward and
+    backward pass over the first two samples, scaled to ``n``."""
+    n = X.shape[0]
+    if not pl.ruled or n < 2:
+        return [pl.ruled]
+    ruled = [Ruled(r.name, r.module, r.rule, dict(r.want)) for r in pl.ruled]
+    f, calls, _ = _record(model, X[:2], ruled)
+    _cotangents(f, calls)
+    size = [factor_bytes(_module_factors(r, calls[r.name], n, f.shape[1], 2)) * n / 2
+            for r in ruled]
+    del calls, f
+    if sum(size) <= limit:
+        return [pl.ruled]
+    groups: list[list[Ruled]] = [[]]
+    used = 0.0
+    for r, b in zip(pl.ruled, size):
+        if groups[-1] and used + b > limit:
+            groups.append([])
+            used = 0.0
+        groups[-1].append(r)
+        used += b
+    return groups
 
 
 def rules_factors(model: nn.Module, X: Tensor, *, memory_budget: float = 2e9,
@@ -231,8 +273,9 @@ def rules_factors(model: nn.Module, X: Tensor, *, memory_budget: float = 2e9,
     c = f1.shape[1]
     act, big, _ = activation_sizes(model, X[:1])
     act, big = f1.element_size() * act, f1.element_size() * big
-    step = chunk_size or min(auto_chunk(n, 2 * (c + 2) * act, memory_budget / 2),
-                             auto_chunk(n, big, CHUNK_ACTIVATION_BYTES))
+    step = chunk_size or auto_chunk(n, 2 * (c + 2) * act, memory_budget / 2)
+    if chunk_size is None and X.device.type != "cuda":  # in cache on a CPU (module docstring)
+        step = min(step, auto_chunk(n, big, CHUNK_ACTIVATION_BYTES))
     ruled = [Ruled(r.name, r.module, r.rule, dict(r.want)) for r in pl.ruled]  # caller's kept
     per_chunk: list[list[Factor]] = []
     outs = []
