@@ -73,3 +73,18 @@ def test_one_group_when_the_factors_fit():
     pl = plan(model)
     assert factor_groups(model, X, pl, 2e9 / 2) == [pl.ruled]
     assert factor_groups(model, X[:1], pl, 1.0) == [pl.ruled]  # one sample: nothing to measure
+
+
+def test_factor_sizes_are_measured_once_per_model_n_and_shape(monkeypatch):
+    from catapults.curvature.ntk_rules import engine
+
+    model, X = _model(1)
+    pl = plan(model)
+    calls = []
+    record = engine._record
+    monkeypatch.setattr(engine, "_record", lambda m, x, r: calls.append(len(x)) or record(m, x, r))
+    first = factor_groups(model, X, pl, 1.0)
+    assert factor_groups(model, X, pl, 1.0) == first and calls == [2]
+    factor_groups(model, X[:5], pl, 1.0)  # another n: the conv rule may pick another form
+    factor_groups(model, X[:, :, :4], pl, 1.0)  # another input shape
+    assert calls == [2, 2, 2]
