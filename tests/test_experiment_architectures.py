@@ -93,7 +93,7 @@ def test_resume_reuses_every_finished_unit_and_gives_the_same_claims(tiny, monke
 
 
 @pytest.mark.parametrize("damage", ["other-seeds", "csv-changed", "csv-missing", "garbage",
-                                    "no-record"])
+                                    "no-record", "file-elsewhere"])
 def test_resume_reruns_a_unit_whose_record_does_not_match(tiny, tmp_path, monkeypatch, damage):
     import shutil
 
@@ -110,6 +110,12 @@ def test_resume_reruns_a_unit_whose_record_does_not_match(tiny, tmp_path, monkey
         p.write_text(p.read_text().replace("completed", "diverged", 1))
     elif damage == "csv-missing":
         (work / "vit-ntk-digits-batch-size-runs.csv").unlink()
+    elif damage == "file-elsewhere":  # a record pointing the reader at another CSV
+        doc = json.loads(record.read_text())
+        doc["tables"]["gd-multi"]["file"] = "cnn-ntk-digits-gd-multi.csv"
+        doc["tables"]["gd-multi"]["sha256"] = json.loads(
+            (work / "cnn-ntk-digits-unit.json").read_text())["tables"]["gd-multi"]["sha256"]
+        record.write_text(json.dumps(doc))
     elif damage == "garbage":
         record.write_bytes(b"\x00{not json")
     else:

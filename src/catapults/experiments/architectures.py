@@ -113,6 +113,10 @@ def _raise_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+TABLES = ("gd-multi", "summary", "batch-size-runs", "batch-size")
+"""A unit's CSVs, ``STEM-NAME.csv``."""
+
+
 def _unit_key(size: str, arch: str, par: str, task: dict[str, Any]) -> dict[str, Any]:
     """What a unit's runs depend on (:mod:`.units`): a record with another key is rerun."""
     settings = {k: v for k, v in SETTINGS[size].items() if k != "standard"}
@@ -127,7 +131,7 @@ def _one(out: Path, size: str, arch: str, par: str, task: dict[str, Any], *,
     with ``resume``, the rows of a finished unit with the same key are read back instead)."""
     stem = f"{arch}-{par}-{task['name']}"
     key = _unit_key(size, arch, par, task)
-    got, note = load_unit(out, stem, key) if resume else (None, "")
+    got, note = load_unit(out, stem, key, TABLES) if resume else (None, "")
     if got is None:
         rows, brows, notes = _train_unit(out, size, arch, par, task)
     else:
@@ -137,10 +141,9 @@ def _one(out: Path, size: str, arch: str, par: str, task: dict[str, Any], *,
     prefix = _prefix(arch, par, task["name"])
     claims = _multi_claims(prefix, rows)
     bclaims, btable = _batch_claims(prefix, brows)
-    tables = {"gd-multi": _write_csv(out / f"{stem}-gd-multi.csv", rows),
-              "summary": _write_csv(out / f"{stem}-summary.csv", _raise_summary(rows)),
-              "batch-size-runs": _write_csv(out / f"{stem}-batch-size-runs.csv", brows),
-              "batch-size": _write_csv(out / f"{stem}-batch-size.csv", btable)}
+    made = {"gd-multi": rows, "summary": _raise_summary(rows), "batch-size-runs": brows,
+            "batch-size": btable}
+    tables = {name: _write_csv(out / f"{stem}-{name}.csv", made[name]) for name in TABLES}
     if got is None:
         save_unit(out, stem, key, tables)
     return claims + bclaims, list(tables.values()), notes

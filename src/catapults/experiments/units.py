@@ -72,10 +72,11 @@ def save_unit(out: Path, stem: str, key: dict[str, Any], tables: dict[str, Path]
     return path
 
 
-def load_unit(out: Path, stem: str, key: dict[str, Any]
+def load_unit(out: Path, stem: str, key: dict[str, Any], names: tuple[str, ...]
               ) -> tuple[dict[str, list[dict[str, Any]]] | None, str]:
-    """``(rows per table name, note)`` of a finished unit whose record matches ``key``, or
-    ``(None, why it is run again)``."""
+    """``(rows per table name, note)`` of a finished unit whose record matches ``key`` and
+    lists exactly the tables ``names`` (each ``STEM-NAME.csv`` beside the record: a record
+    cannot send the reader elsewhere), or ``(None, why it is run again)``."""
     path = out / f"{stem}-unit.json"
     if not path.is_file():
         return None, f"{stem}: no {path.name} (not finished before): run"
@@ -85,6 +86,9 @@ def load_unit(out: Path, stem: str, key: dict[str, Any]
             return None, f"{stem}: {path.name} has another format: run again"
         if _normal(doc.get("key")) != _normal(key):
             return None, f"{stem}: {path.name} was made with other settings: run again"
+        if set(doc["tables"]) != set(names) or any(
+                doc["tables"][k].get("file") != f"{stem}-{k}.csv" for k in names):
+            return None, f"{stem}: {path.name} lists other tables: run again"
         rows = {}
         for name, t in doc["tables"].items():
             csv_path = out / t["file"]
