@@ -90,6 +90,8 @@ def test_resume_reuses_every_finished_unit_and_gives_the_same_claims(tiny, monke
     assert _claims(again) == _claims(res)
     assert {p.name: p.read_bytes() for p in d.glob("*-digits-*.csv")} == before
     assert sum("reused (--resume)" in n for n in again.notes) == len(list(d.glob("*-unit.json")))
+    assert [n for n in again.notes if "reference AGOP" in n] == \
+        [n for n in res.notes if "reference AGOP" in n]  # the units' own notes come back
 
 
 @pytest.mark.parametrize("damage", ["other-seeds", "csv-changed", "csv-missing", "garbage",

@@ -131,13 +131,11 @@ def _one(out: Path, size: str, arch: str, par: str, task: dict[str, Any], *,
     with ``resume``, the rows of a finished unit with the same key are read back instead)."""
     stem = f"{arch}-{par}-{task['name']}"
     key = _unit_key(size, arch, par, task)
-    got, note = load_unit(out, stem, key, TABLES) if resume else (None, "")
+    got, said = load_unit(out, stem, key, TABLES) if resume else (None, [])
     if got is None:
         rows, brows, notes = _train_unit(out, size, arch, par, task)
     else:
-        rows, brows, notes = got["gd-multi"], got["batch-size-runs"], [note]
-    if note and got is None:
-        notes.insert(0, note)
+        rows, brows, notes = got["gd-multi"], got["batch-size-runs"], []
     prefix = _prefix(arch, par, task["name"])
     claims = _multi_claims(prefix, rows)
     bclaims, btable = _batch_claims(prefix, brows)
@@ -145,8 +143,8 @@ def _one(out: Path, size: str, arch: str, par: str, task: dict[str, Any], *,
             "batch-size": btable}
     tables = {name: _write_csv(out / f"{stem}-{name}.csv", made[name]) for name in TABLES}
     if got is None:
-        save_unit(out, stem, key, tables)
-    return claims + bclaims, list(tables.values()), notes
+        save_unit(out, stem, key, tables, notes)
+    return claims + bclaims, list(tables.values()), said + notes
 
 
 def _train_unit(out: Path, size: str, arch: str, par: str, task: dict[str, Any]

@@ -59,44 +59,49 @@ def _normal(key: dict[str, Any]) -> Any:
     return json.loads(json.dumps(key))
 
 
-def save_unit(out: Path, stem: str, key: dict[str, Any], tables: dict[str, Path]) -> Path:
+def save_unit(out: Path, stem: str, key: dict[str, Any], tables: dict[str, Path],
+              notes: list[str] = ()) -> Path:
     """Record that the unit ``stem`` finished with ``key``; ``tables`` maps a name to a CSV
-    already written (atomically) under ``out``."""
+    already written (atomically) under ``out``; ``notes`` are given back on reuse."""
     from catapults import __version__
 
     path = out / f"{stem}-unit.json"
     write_json_atomic(path, {
         "format": UNIT_FORMAT, "key": key, "catapults_version": __version__,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "tables": {name: {"file": p.name, "sha256": _digest(p)} for name, p in tables.items()}})
+        "tables": {name: {"file": p.name, "sha256": _digest(p)} for name, p in tables.items()},
+        "notes": list(notes)})
     return path
 
 
 def load_unit(out: Path, stem: str, key: dict[str, Any], names: tuple[str, ...]
-              ) -> tuple[dict[str, list[dict[str, Any]]] | None, str]:
-    """``(rows per table name, note)`` of a finished unit whose record matches ``key`` and
+              ) -> tuple[dict[str, list[dict[str, Any]]] | None, list[str]]:
+    """``(rows per table name, notes)`` of a finished unit whose record matches ``key`` and
     lists exactly the tables ``names`` (each ``STEM-NAME.csv`` beside the record: a record
-    cannot send the reader elsewhere), or ``(None, why it is run again)``."""
+    cannot send the reader elsewhere): the notes say it was reused, then the unit's own; or
+    ``(None, [why it is run again])``."""
     path = out / f"{stem}-unit.json"
     if not path.is_file():
-        return None, f"{stem}: no {path.name} (not finished before): run"
+        return None, [f"{stem}: no {path.name} (not finished before): run"]
     try:
         doc = json.loads(path.read_text())
         if doc.get("format") != UNIT_FORMAT or not isinstance(doc.get("tables"), dict):
-            return None, f"{stem}: {path.name} has another format: run again"
+            return None, [f"{stem}: {path.name} has another format: run again"]
         if _normal(doc.get("key")) != _normal(key):
-            return None, f"{stem}: {path.name} was made with other settings: run again"
+            return None, [f"{stem}: {path.name} was made with other settings: run again"]
         if set(doc["tables"]) != set(names) or any(
                 doc["tables"][k].get("file") != f"{stem}-{k}.csv" for k in names):
-            return None, f"{stem}: {path.name} lists other tables: run again"
+            return None, [f"{stem}: {path.name} lists other tables: run again"]
         rows = {}
         for name, t in doc["tables"].items():
             csv_path = out / t["file"]
             if not csv_path.is_file() or _digest(csv_path) != t["sha256"]:
-                return None, f"{stem}: {t['file']} is missing or changed since {path.name}: " \
-                             "run again"
+                return None, [f"{stem}: {t['file']} is missing or changed since "
+                              f"{path.name}: run again"]
             rows[name] = read_rows(csv_path)
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        return None, f"{stem}: {path.name} cannot be read ({type(exc).__name__}): run again"
-    return rows, (f"{stem}: reused (--resume) from {path.name}: finished "
-                  f"{doc.get('finished')} with catapults {doc.get('catapults_version')}")
+        return None, [f"{stem}: {path.name} cannot be read ({type(exc).__name__}): run again"]
+    notes = doc.get("notes")
+    notes = [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
+    return rows, [f"{stem}: reused (--resume) from {path.name}: finished "
+                  f"{doc.get('finished')} with catapults {doc.get('catapults_version')}", *notes]
