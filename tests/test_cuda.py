@@ -113,3 +113,19 @@ def test_conv_kernel_is_float32_exact_under_pytorchs_tf32_default():
         assert torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_alignment_and_preconditioned_kernel_with_references_on_the_cpu(pair):
+    """A reference AGOP and an inverse preconditioner kept on the CPU meet a model on the GPU."""
+    from catapults.curvature.agop import agop, agop_alignment
+    from catapults.curvature.stability import adam_inverse_preconditioner, preconditioned_kernel
+
+    cpu, gpu, X, y = pair
+    ref = agop(cpu, X) + torch.eye(6, dtype=torch.float64)
+    assert abs(agop_alignment(gpu, X, ref) - agop_alignment(cpu, X, ref)) < 1e-10
+    opt = torch.optim.Adam(gpu.parameters())
+    torch.nn.functional.mse_loss(gpu(X.cuda()), y.cuda()).backward()
+    opt.step()
+    inv = {k: v.cpu() for k, v in adam_inverse_preconditioner(gpu, opt).items()}
+    K = preconditioned_kernel(gpu, X, inverse_preconditioner=inv)
+    assert K.device.type == "cuda" and torch.isfinite(K).all()

@@ -95,7 +95,8 @@ def test_resume_reuses_every_finished_unit_and_gives_the_same_claims(tiny, monke
 
 
 @pytest.mark.parametrize("damage", ["other-seeds", "csv-changed", "csv-missing", "garbage",
-                                    "no-record", "file-elsewhere"])
+                                    "no-record", "file-elsewhere", "list-record",
+                                    "entry-string", "deep-nesting", "huge-cell"])
 def test_resume_reruns_a_unit_whose_record_does_not_match(tiny, tmp_path, monkeypatch, damage):
     import shutil
 
@@ -117,6 +118,21 @@ def test_resume_reruns_a_unit_whose_record_does_not_match(tiny, tmp_path, monkey
         doc["tables"]["gd-multi"]["file"] = "cnn-ntk-digits-gd-multi.csv"
         doc["tables"]["gd-multi"]["sha256"] = json.loads(
             (work / "cnn-ntk-digits-unit.json").read_text())["tables"]["gd-multi"]["sha256"]
+        record.write_text(json.dumps(doc))
+    elif damage == "list-record":
+        record.write_text("[1, 2]")
+    elif damage == "entry-string":
+        doc = json.loads(record.read_text())
+        doc["tables"]["summary"] = "vit-ntk-digits-summary.csv"
+        record.write_text(json.dumps(doc))
+    elif damage == "deep-nesting":
+        record.write_text("[" * 100000)
+    elif damage == "huge-cell":  # over the csv module's field limit, digest made to match
+        p = work / "vit-ntk-digits-summary.csv"
+        p.write_text(p.read_text() + '"' + "x" * 200000 + '"\n')
+        doc = json.loads(record.read_text())
+        import hashlib
+        doc["tables"]["summary"]["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
         record.write_text(json.dumps(doc))
     elif damage == "garbage":
         record.write_bytes(b"\x00{not json")
@@ -157,18 +173,23 @@ def test_rows_read_back_as_written(tmp_path):
     from catapults.experiments.units import read_rows
 
     rows = [{"seed": 0, "status": "completed", "loss": 0.1 + 0.2, "tiny": 1e-300,
-             "none": None, "flag": True, "inf": float("inf"), "run": "/a/b-seed0"},
+             "none": None, "flag": True, "inf": float("inf"), "run": "/a/b-seed0",
+             "zero": -0.0, "big_float": 1e16, "odd": "007", "under": "1_000", "word": "Infinity"},
             {"seed": 1, "status": "diverged", "loss": float("nan"), "flag": False,
              "neg": -3, "big": 123456789012345678901234567890}]
     back = read_rows(_write_csv(tmp_path / "t.csv", rows))
     assert back[0] == {**rows[0], "neg": None, "big": None}
+    assert str(back[0]["zero"]) == "-0.0" and [type(back[0][k]) for k in ("odd", "under", "word")] \
+        == [str, str, str]
     nan = back[1].pop("loss")
     assert nan != nan
     assert back[1] == {"seed": 1, "status": "diverged", "tiny": None, "none": None,
-                       "flag": False, "inf": None, "run": None, "neg": -3,
+                       "flag": False, "inf": None, "run": None, "zero": None, "big_float": None,
+                       "odd": None, "under": None, "word": None, "neg": -3,
                        "big": 123456789012345678901234567890}
     assert [type(v) for v in back[0].values()] == [int, str, float, float, type(None), bool,
-                                                  float, str, type(None), type(None)]
+                                                  float, str, float, float, str, str, str,
+                                                  type(None), type(None)]
 
 
 def test_cli_resume_reuses_the_units(tiny, monkeypatch, capsys):

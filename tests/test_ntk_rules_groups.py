@@ -88,3 +88,25 @@ def test_factor_sizes_are_measured_once_per_model_n_and_shape(monkeypatch):
     factor_groups(model, X[:5], pl, 1.0)  # another n: the conv rule may pick another form
     factor_groups(model, X[:, :, :4], pl, 1.0)  # another input shape
     assert calls == [2, 2, 2]
+
+
+def test_a_swapped_module_or_a_cast_is_measured_again():
+    """The cached sizes belong to the modules and parameter shapes they were measured on: a
+    layer swapped into the same model object, or a cast to float64, is measured again (else
+    the groups would be cut for the old sizes and could pass the budget)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 3, 1))
+    X = torch.randn(6, 2, 6, 5)
+    small = sum(engine_sizes(model, X))
+    model[0] = nn.Conv2d(2, 64, 3)
+    model[3] = nn.Linear(64 * 4 * 3, 1)
+    big = sum(engine_sizes(model, X))
+    assert big > 10 * small
+    model.double()
+    assert sum(engine_sizes(model, X.double())) == pytest.approx(2 * big)
+
+
+def engine_sizes(model, X):
+    from catapults.curvature.ntk_rules import engine
+
+    return engine._per_sample_factor_bytes(model, X, plan(model))

@@ -16,26 +16,30 @@ from catapults.curvature.precision import full_float32
 CUDNN, MATMUL = torch.backends.cudnn, torch.backends.cuda.matmul
 
 
+def _inside() -> tuple[str, str]:
+    return CUDNN.conv.fp32_precision, MATMUL.fp32_precision
+
+
 @pytest.fixture
 def tf32_on():
-    """The legacy flags on (as PyTorch's cuDNN default, and a program that enabled TF32 for
-    products); restored afterwards."""
-    saved = CUDNN.allow_tf32, MATMUL.allow_tf32
-    CUDNN.allow_tf32, MATMUL.allow_tf32 = True, True
+    """TF32 allowed for convolutions and matrix products (PyTorch's cuDNN default, and a
+    program that enabled it for products); the previous strings restored afterwards."""
+    saved = _inside()
+    CUDNN.conv.fp32_precision, MATMUL.fp32_precision = "tf32", "tf32"
     yield
-    CUDNN.allow_tf32, MATMUL.allow_tf32 = saved
+    CUDNN.conv.fp32_precision, MATMUL.fp32_precision = saved
 
 
 class Recorder(nn.Module):
-    """A small MLP that records the TF32 flags at each forward pass."""
+    """A small MLP that records the precision settings at each forward pass."""
 
     def __init__(self):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
-        self.seen: list[tuple[bool, bool]] = []
+        self.seen: list[tuple[str, str]] = []
 
     def forward(self, x):
-        self.seen.append((CUDNN.allow_tf32, MATMUL.allow_tf32))
+        self.seen.append(_inside())
         return self.net(x)
 
 
@@ -69,45 +73,93 @@ def test_every_curvature_function_runs_without_tf32_and_restores_the_flags(tf32_
     for name, call in _calls(model, X, y).items():
         model.seen.clear()
         call()
-        assert model.seen and set(model.seen) == {(False, False)}, name
-        assert (CUDNN.allow_tf32, MATMUL.allow_tf32) == (True, True), name
+        assert model.seen and set(model.seen) == {("ieee", "ieee")}, name
+        assert _inside() == ("tf32", "tf32"), name
+
+
+def test_the_agop_objects_and_alignment_run_in_full_precision(tf32_on, monkeypatch):
+    """The factored AGOP's matrix / square root / eigenvalues and the alignment (what the AGOP
+    monitor computes after the AGOP itself) multiply matrices under the guard too."""
+    from catapults.curvature import agop as A
+
+    torch.manual_seed(0)
+    model, X = Recorder(), torch.randn(8, 4)
+    F = A.agop_factor(model, X)
+    G = A.agop(model, X)
+    seen = []
+    mm = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: seen.append(_inside()) or mm(a, b))
+    for call in (F.matrix, F.sqrt, F.eigenvalues, lambda: A.alignment(F, G),
+                 lambda: A.alignment(G, G, sqrt=True), lambda: A.matrix_sqrt(G)):
+        seen.clear()
+        call()
+        assert set(seen) <= {("ieee", "ieee")}, call
+    monkeypatch.undo()
+    J = __import__("catapults.ntk", fromlist=["x"]).per_sample_jacobian(model, X)
+    assert J.shape == (16, sum(p.numel() for p in model.parameters()))
+    assert model.seen[-1] == ("ieee", "ieee")
 
 
 def test_flags_come_back_when_the_body_raises(tf32_on):
     with pytest.raises(ValueError), full_float32():
-        assert not CUDNN.allow_tf32 and not MATMUL.allow_tf32
+        assert _inside() == ("ieee", "ieee")
         raise ValueError
-    assert CUDNN.allow_tf32 and MATMUL.allow_tf32
+    assert _inside() == ("tf32", "tf32")
 
 
-def test_nested_and_untouched_when_already_full_precision():
-    saved = CUDNN.allow_tf32, MATMUL.allow_tf32
-    try:
-        CUDNN.allow_tf32, MATMUL.allow_tf32 = False, False
-        with full_float32(), full_float32():
-            assert (CUDNN.allow_tf32, MATMUL.allow_tf32) == (False, False)
-        assert (CUDNN.allow_tf32, MATMUL.allow_tf32) == (False, False)
-    finally:
-        CUDNN.allow_tf32, MATMUL.allow_tf32 = saved
-
-
-def test_a_program_on_the_newer_api_keeps_it():
-    """A program that set the ``fp32_precision`` strings (PyTorch then refuses to read the
-    legacy booleans): the strings are used, and given back unchanged."""
-    if not hasattr(MATMUL, "fp32_precision"):
-        pytest.skip("this PyTorch has no fp32_precision settings")
-    saved = MATMUL.fp32_precision, CUDNN.conv.fp32_precision
-    try:
-        MATMUL.fp32_precision, CUDNN.conv.fp32_precision = "tf32", "tf32"
+def test_nested():
+    with full_float32():
         with full_float32():
-            inside = MATMUL.fp32_precision, CUDNN.conv.fp32_precision
-        assert inside == ("ieee", "ieee")
-        assert (MATMUL.fp32_precision, CUDNN.conv.fp32_precision) == ("tf32", "tf32")
-        torch.manual_seed(0)
-        model = nn.Linear(3, 1)
-        ntk.empirical_ntk(model, torch.randn(5, 3))
-        assert (MATMUL.fp32_precision, CUDNN.conv.fp32_precision) == ("tf32", "tf32")
-    finally:
-        MATMUL.fp32_precision, CUDNN.conv.fp32_precision = saved
-    assert isinstance(MATMUL.allow_tf32, bool)  # the rest of the suite can read them again
-    assert isinstance(CUDNN.allow_tf32, bool)
+            assert _inside() == ("ieee", "ieee")
+        assert _inside() == ("ieee", "ieee")
+
+
+STATES = {
+    "default": "",
+    "medium": "torch.set_float32_matmul_precision('medium')",
+    "legacy flags": "torch.backends.cuda.matmul.allow_tf32 = True; "
+                    "torch.backends.cudnn.allow_tf32 = True",
+    "generic string, matmul ieee": "torch.backends.fp32_precision = 'tf32'; "
+                                   "torch.backends.cuda.matmul.fp32_precision = 'ieee'",
+}
+CHECK = """
+import torch
+{state}
+from catapults.ntk import empirical_ntk
+def readable():
+    out = []
+    for f in (torch.get_float32_matmul_precision, lambda: torch.backends.cuda.matmul.allow_tf32,
+              lambda: torch.backends.cudnn.allow_tf32, lambda: torch.backends.fp32_precision,
+              lambda: torch.backends.cuda.matmul.fp32_precision,
+              lambda: torch.backends.cudnn.conv.fp32_precision,
+              lambda: torch.backends.mkldnn.matmul.fp32_precision):
+        try:
+            out.append(f())
+        except RuntimeError:
+            out.append('unreadable')
+    return out
+before = readable()
+model = torch.nn.Linear(3, 2)
+seen = []
+model.register_forward_pre_hook(lambda m, a: seen.append(
+    (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision,
+     torch.backends.mkldnn.matmul.fp32_precision)))
+empirical_ntk(model, torch.randn(4, 3))
+assert set(seen) == {{('ieee', 'ieee', 'ieee')}}, seen
+assert readable() == before, (before, readable())
+print('ok', before)
+"""
+
+
+@pytest.mark.parametrize("state", list(STATES))
+def test_every_setting_a_program_can_read_reads_the_same_after(state):
+    """Whatever API the program used (``set_float32_matmul_precision``, the legacy flags, the
+    per-backend strings, a mix that PyTorch itself refuses to read back in its legacy form):
+    inside, full precision; after, every setting that could be read reads the same. Each in a
+    fresh process (the settings are global and some cannot be undone within one)."""
+    import subprocess
+    import sys
+
+    got = subprocess.run([sys.executable, "-c", CHECK.format(state=STATES[state])],
+                         capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0 and got.stdout.startswith("ok"), got.stderr[-2000:]

@@ -212,6 +212,7 @@ class FactoredAGOP:
     def to(self, *args, **kwargs) -> FactoredAGOP:
         return FactoredAGOP(self.F.to(*args, **kwargs), self.w.to(*args, **kwargs))
 
+    @full_float32()
     def matrix(self, *, block: int = 512) -> Tensor:
         """The dense ``d × d`` matrix ``Fᵀ diag(w) F``."""
         A = torch.zeros(self.d, self.d, dtype=self.F.dtype, device=self.F.device)
@@ -225,12 +226,14 @@ class FactoredAGOP:
     def _scaled(self) -> Tensor:
         return self.F * self.w.sqrt()[:, None]
 
+    @full_float32()
     def sqrt(self) -> FactoredAGOP:
         """``M^{1/2}`` as ``Vᵀ diag(s) V`` from the thin SVD of ``diag(√w) F = U diag(s) Vᵀ``
         (cost ``r² d``)."""
         _, s, Vh = torch.linalg.svd(self._scaled(), full_matrices=False)
         return FactoredAGOP(Vh, s)
 
+    @full_float32()
     def eigenvalues(self, k: int | None = None) -> Tensor:
         """The top ``k`` (all ``min(r, d)`` by default) eigenvalues, descending, from the
         ``r × r`` Gram matrix when ``r < d``, else from the dense matrix."""
@@ -333,11 +336,13 @@ def _keep_factored(M: Matrix, other: Matrix, sqrt: bool) -> bool:
     return isinstance(M, FactoredAGOP) and _factored_pays(M.rank, M.d, _low_rank(other), sqrt)
 
 
+@full_float32()
 def matrix_sqrt(M: Matrix) -> Matrix:
     """``M^{1/2}`` in ``M``'s form: :meth:`FactoredAGOP.sqrt` or :func:`psd_sqrt`."""
     return M.sqrt() if isinstance(M, FactoredAGOP) else psd_sqrt(M)
 
 
+@full_float32()
 def alignment(A: Matrix, B: Matrix, *, centered: bool = False, sqrt: bool = False,
               method: str = "auto") -> float:
     """AGOP alignment ``ρ(A, B) = ⟨A, B⟩_F / (‖A‖_F ‖B‖_F)`` (docs/conventions.md; the default).
@@ -364,6 +369,8 @@ def alignment(A: Matrix, B: Matrix, *, centered: bool = False, sqrt: bool = Fals
     if tuple(A.shape) != tuple(B.shape):
         raise AGOPError(f"A and B must have the same shape, got {tuple(A.shape)} and "
                         f"{tuple(B.shape)}")
+    if B.device != A.device:  # e.g. a model's AGOP on the GPU against a reference on the CPU
+        B = B.to(A.device)
     if method != "factored":
         keep_a = method == "auto" and _keep_factored(A, B, sqrt)
         keep_b = method == "auto" and _keep_factored(B, A, sqrt)

@@ -278,7 +278,7 @@ def batch_sharpness(model: nn.Module, X: Tensor, y: Tensor, batch_size: int, *,
     vals: list[float] = []
     draws = 0
     while draws < max_batches:
-        idx = torch.randperm(n, generator=gen)[:batch_size].to(X.device)
+        idx = torch.randperm(n, generator=gen, device=gen.device)[:batch_size].to(X.device)
         draws += 1
         v = _one_batch(model, X[idx], y[idx], loss)
         if math.isfinite(v):

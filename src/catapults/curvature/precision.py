@@ -7,9 +7,10 @@ matrix products in TF32 when a program sets ``torch.backends.cuda.matmul.allow_t
 rates and AGOPs are exact up to float32 rounding: measured on an H200 (PyTorch 2.11,
 benchmarks/bench_cuda.py), the issue's CNN's kernel came out with a relative error of 8.3e-4
 against float64 with TF32 convolutions and 1.3e-7 without. So every public curvature function
-runs under :func:`full_float32`: TF32 off for convolutions and matrix products inside, the
+runs under :func:`full_float32`: TF32 off for convolutions and matrix products inside (and
+the bf16 products oneDNN may use on a CPU under ``set_float32_matmul_precision("medium")``), the
 caller's settings restored on the way out (a training loop that chose TF32 keeps it for its own
-steps). On the CPU the flags change nothing.
+steps). The settings are global: two threads computing at once share them.
 """
 
 from __future__ import annotations
@@ -24,22 +25,39 @@ import torch
 F = TypeVar("F", bound=Callable)
 
 
+_NEW_API = ("cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv",
+            "mkldnn.rnn")
+"""The backends whose ``fp32_precision`` string :func:`full_float32` sets to ``"ieee"`` (those
+this PyTorch has)."""
+
+
+def _backend(path: str):
+    obj = torch.backends
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+    return obj
+
+
 @contextmanager
 def full_float32() -> Iterator[None]:
-    """TF32 off for CUDA convolutions and matrix products inside; the previous settings back
-    afterwards (also when the body raises). Nests. Usable as a decorator.
+    """Full float32 precision for matrix products and convolutions inside (TF32 on CUDA, and
+    bf16 that ``torch.set_float32_matmul_precision("medium")`` allows oneDNN on the CPU, off);
+    the previous settings back afterwards (also when the body raises). Nests. Usable as a
+    decorator.
 
-    Through the flags the caller's program uses: the legacy ``allow_tf32`` booleans, or, when
-    PyTorch refuses to read them because the program set the newer ``fp32_precision``
-    strings, those (PyTorch raises on reading a mix of the two)."""
-    try:
+    Through the per-backend ``fp32_precision`` strings where this PyTorch has them (since 2.9):
+    set to ``"ieee"``, each put back only if it was changed, so every setting the caller could
+    read before reads the same after (the legacy ``allow_tf32`` flags are not touched: writing
+    them beside the strings makes PyTorch refuse to read ``get_float32_matmul_precision()``,
+    and they do not override a backend's own string). On an older PyTorch, the legacy
+    ``allow_tf32`` flags."""
+    if getattr(_backend("cuda.matmul"), "fp32_precision", None) is not None:
+        objs = [o for o in map(_backend, _NEW_API) if hasattr(o, "fp32_precision")]
+        flags = [(o, "fp32_precision", "ieee") for o in objs]
+    else:  # pragma: no cover - PyTorch before 2.9
         flags = [(torch.backends.cudnn, "allow_tf32", False),
                  (torch.backends.cuda.matmul, "allow_tf32", False)]
-        saved = [getattr(obj, name) for obj, name, _ in flags]
-    except RuntimeError:  # the program uses the newer API
-        flags = [(torch.backends.cudnn.conv, "fp32_precision", "ieee"),
-                 (torch.backends.cuda.matmul, "fp32_precision", "ieee")]
-        saved = [getattr(obj, name) for obj, name, _ in flags]
+    saved = [getattr(obj, name) for obj, name, _ in flags]
     try:
         for (obj, name, value), old in zip(flags, saved):
             if old != value:  # untouched when already full precision

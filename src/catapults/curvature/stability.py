@@ -155,7 +155,7 @@ def preconditioned_kernel(model: nn.Module, X: Tensor,
         raise KernelError(f"preconditioned_kernel: parameters {missing[:3]} are not in the "
                           "optimizer")
     J = per_sample_jacobian(model, X)  # columns in trainable_params order
-    col = torch.cat([scales[n].reshape(-1).sqrt().to(J.dtype) for n in names])
+    col = torch.cat([scales[n].reshape(-1).sqrt().to(J) for n in names])  # J's device too
     return gram(J * col)
 
 

@@ -30,17 +30,21 @@ UNIT_FORMAT = 1
 
 
 def _cell(text: str) -> Any:
-    """One CSV cell as the value ``_write_csv`` wrote: empty is None, ``True``/``False`` bools,
-    then int, then float (``nan``, ``inf`` included), else the string."""
+    """One CSV cell as the value ``_write_csv`` wrote (``str`` of it): empty is None,
+    ``True``/``False`` bools, then an int or a float only when ``str`` of it gives the cell
+    back exactly (``nan``, ``inf``, ``1e+16`` and ``-0.0`` do; ``007``, ``1_000`` or
+    ``Infinity`` stay strings), else the string."""
     if text == "":
         return None
     if text in ("True", "False"):
         return text == "True"
     for kind in (int, float):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
-            pass
+            continue
+        if str(value) == text:
+            return value
     return text
 
 
@@ -51,7 +55,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _normal(key: dict[str, Any]) -> Any:
@@ -85,7 +93,10 @@ def load_unit(out: Path, stem: str, key: dict[str, Any], names: tuple[str, ...]
         return None, [f"{stem}: no {path.name} (not finished before): run"]
     try:
         doc = json.loads(path.read_text())
-        if doc.get("format") != UNIT_FORMAT or not isinstance(doc.get("tables"), dict):
+        tables = doc.get("tables") if isinstance(doc, dict) else None
+        if not isinstance(tables, dict) or doc.get("format") != UNIT_FORMAT or not all(
+                isinstance(t, dict) and isinstance(t.get("file"), str)
+                and isinstance(t.get("sha256"), str) for t in tables.values()):
             return None, [f"{stem}: {path.name} has another format: run again"]
         if _normal(doc.get("key")) != _normal(key):
             return None, [f"{stem}: {path.name} was made with other settings: run again"]
@@ -99,7 +110,8 @@ def load_unit(out: Path, stem: str, key: dict[str, Any], names: tuple[str, ...]
                 return None, [f"{stem}: {t['file']} is missing or changed since "
                               f"{path.name}: run again"]
             rows[name] = read_rows(csv_path)
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
+            csv.Error) as exc:  # a damaged record or CSV: run the unit again
         return None, [f"{stem}: {path.name} cannot be read ({type(exc).__name__}): run again"]
     notes = doc.get("notes")
     notes = [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []

@@ -236,12 +236,17 @@ _FACTOR_SIZES: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDicti
 
 def _per_sample_factor_bytes(model: nn.Module, X: Tensor, pl: Plan) -> list[float]:
     """Each ruled module's factor bytes per sample for ``n = len(X)`` samples, from a pass over
-    ``X[:2]``; cached per model, ``n`` and input shape (they do not depend on the parameters'
-    values: on a width-1024 MLP the pass cost 15% of a 32-sample kernel, which the monitors
-    compute at every step)."""
+    ``X[:2]``; cached per model, ``n``, input shape and dtype, and the ruled modules with their
+    parameters' shapes and dtypes (the sizes do not depend on the parameters' values: on a
+    width-1024 MLP the pass cost 15% of a 32-sample kernel, which the monitors compute at
+    every step)."""
     n = X.shape[0]  # a rule may pick its factors' form by n (the conv rule does)
-    key = (n, tuple(X.shape[1:]), X.dtype,
-           tuple((r.name, tuple(sorted(r.want))) for r in pl.ruled))
+    params = dict(model.named_parameters())
+    key = (n, tuple(X.shape[1:]), X.dtype,  # the modules and their parameters' shapes too:
+           tuple((r.name, id(r.module), type(r.module),  # a module swapped in, a cast
+                  tuple((k, tuple(params[pl.names[i]].shape), params[pl.names[i]].dtype)
+                        for k, i in sorted(r.want.items())))
+                 for r in pl.ruled))
     cache = _FACTOR_SIZES.setdefault(model, {})
     if key not in cache:
         ruled = [Ruled(r.name, r.module, r.rule, dict(r.want)) for r in pl.ruled]

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from catapults.curvature.precision import full_float32
 from catapults.linalg.gram import gram, mirror_upper_
 
 
@@ -82,6 +83,7 @@ def chunk_for(model: nn.Module, X: Tensor, p: int, c: int, memory_budget: float)
     return min(step, auto_chunk(n, itemsize * big, CHUNK_ACTIVATION_BYTES))
 
 
+@full_float32()
 def per_sample_jacobian(model: nn.Module, X: Tensor, *, chunk_size: int | None = None,
                         names: Iterable[str] | None = None,
                         memory_budget: float = 2e9) -> Tensor:
