@@ -231,6 +231,19 @@ def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 
     return mirror_upper_(K), f
 
 
+def plan_key(model: nn.Module, X: Tensor, pl: Plan) -> tuple:
+    """What results cached per model (the rules check, factor sizes) depend on besides the
+    parameters' values: the input's per-sample shape and dtype, and each ruled module, its
+    type and its parameters' shapes and dtypes (a module swapped into the same model object,
+    or a cast, is a new key)."""
+    params = dict(model.named_parameters())
+    return (tuple(X.shape[1:]), X.dtype,
+            tuple((r.name, id(r.module), type(r.module),
+                   tuple((k, tuple(params[pl.names[i]].shape), params[pl.names[i]].dtype)
+                         for k, i in sorted(r.want.items())))
+                  for r in pl.ruled))
+
+
 _FACTOR_SIZES: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
@@ -240,13 +253,8 @@ def _per_sample_factor_bytes(model: nn.Module, X: Tensor, pl: Plan) -> list[floa
     parameters' shapes and dtypes (the sizes do not depend on the parameters' values: on a
     width-1024 MLP the pass cost 15% of a 32-sample kernel, which the monitors compute at
     every step)."""
-    n = X.shape[0]  # a rule may pick its factors' form by n (the conv rule does)
-    params = dict(model.named_parameters())
-    key = (n, tuple(X.shape[1:]), X.dtype,  # the modules and their parameters' shapes too:
-           tuple((r.name, id(r.module), type(r.module),  # a module swapped in, a cast
-                  tuple((k, tuple(params[pl.names[i]].shape), params[pl.names[i]].dtype)
-                        for k, i in sorted(r.want.items())))
-                 for r in pl.ruled))
+    n = X.shape[0]
+    key = (n, *plan_key(model, X, pl))  # a rule may pick its factors' form by n (conv does)
     cache = _FACTOR_SIZES.setdefault(model, {})
     if key not in cache:
         ruled = [Ruled(r.name, r.module, r.rule, dict(r.want)) for r in pl.ruled]

@@ -10,8 +10,10 @@ and a wrong kernel. So before the rules path runs on a model, the rules' kernel 
 ``uᵀ K_rules v`` against ``(Jᵀu)·(Jᵀv)`` for two random vectors, with ``J`` the Jacobian over
 the parameters the rules cover (two VJPs; no forward-mode AD needed). A mismatch raises
 :class:`~catapults.curvature.ntk_rules.registry.RulesMismatch`. A model passes once per input
-shape, dtype and plan (remembered in a weak dictionary on the model), so the check costs one
-small forward and backward pass per model and shape, not per call.
+shape, dtype and set of ruled modules with their parameters' shapes
+(:func:`~catapults.curvature.ntk_rules.engine.plan_key`; remembered in a weak dictionary on the
+model), so the check costs one small forward and backward pass per model and shape, not per
+call.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp
 
-from catapults.curvature.ntk_rules.engine import Plan, rules_factors
+from catapults.curvature.ntk_rules.engine import Plan, plan_key, rules_factors
 from catapults.curvature.ntk_rules.products import factor_products
 from catapults.curvature.ntk_rules.registry import GradFactor, RulesMismatch
 
@@ -41,8 +43,7 @@ def _tolerance(dtype: torch.dtype) -> float:
 def verify_rules(model: nn.Module, X: Tensor, pl: Plan) -> None:
     """Raise :class:`RulesMismatch` when the rules' kernel on ``X[:SAMPLES]`` disagrees with
     autograd's over the parameters they cover (module docstring)."""
-    key = (tuple(X.shape[1:]), X.dtype,
-           tuple((r.name, tuple(sorted(r.want))) for r in pl.ruled))
+    key = plan_key(model, X, pl)
     passed = _PASSED.setdefault(model, set())
     if key in passed or not pl.ruled:
         return
