@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -33,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_ntk_rules import cnn, mlp_flops  # noqa: E402 (the issue's CNN, the MLP's FLOPs)
 from references import vmap_jacobian  # noqa: E402 (the suite's float64 reference)
 
 from catapults.agop import agop  # noqa: E402
@@ -46,12 +48,6 @@ DEV = torch.device("cuda")
 def _sync() -> None:
     if DEV.type == "cuda":
         torch.cuda.synchronize()
-
-
-def cnn(out: int = 1) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, out))
 
 
 def build(name: str, n: int, side: int = 32) -> tuple[nn.Module, Tensor]:
@@ -147,15 +143,13 @@ def exactness(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _double(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).double()
+
+
 def _summed(model: nn.Module) -> Callable[[Tensor], Tensor]:
     """``x ↦ Σ_i f(x)_i`` (shape ``(c,)``): its Jacobian holds every sample's input gradients."""
     return lambda x: model(x).sum(0)
-
-
-def _double(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model).double()
 
 
 # ---- 2. timings ---------------------------------------------------------------------------------
@@ -194,7 +188,7 @@ def timings(repeats: int, quick: bool) -> list[dict[str, Any]]:
     for n in ([4000] if quick else [1000, 4000]):
         model, X = build("mlp", n)
         t, _ = sync_time(repeats, empirical_ntk, model, X)
-        flops = _mlp_flops(n)
+        flops = mlp_flops(n)
         row = {"case": f"mlp n={n}", "auto": t, "gemm_TFLOPs": rate / 1e12,
                "floor_s": flops / rate, "over_floor": t / (flops / rate)}
         rows.append(row)
@@ -221,15 +215,6 @@ def _reset_peak() -> int:
 
 def _peak(base: int) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20 if DEV.type == "cuda" else None
-
-
-def _mlp_flops(n: int, d: int = 100, width: int = 1024) -> float:
-    """One forward, one backward to every layer's output and the symmetric layer-wise Gram
-    products (as bench_ntk_rules.mlp_flops)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_ntk_rules import mlp_flops
-
-    return mlp_flops(n, d, width)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,7 @@ import numpy as np
 import torch
 from bench_ntk import Scale  # the input scaling of the plain twins
 from bench_ntk import nngeometry_gram as nngeometry_fn  # one nngeometry wrapper
+from bench_ntk_rules import cnn
 from machine import finish, footer, record_header, save_result, targets_report
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
@@ -93,12 +94,6 @@ def log(msg: str) -> None:
 
 
 # ---- models ---------------------------------------------------------------------------------
-def cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1))
-
-
 def build(arch: str, side: int, n: int) -> tuple[nn.Module, Tensor]:
     """The model (seeded) and inputs x ~ N(0, I) of shape (n, 3, side, side), seeded by n, side."""
     torch.manual_seed(0)

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from bench_ntk_rules import cnn as issue_cnn
 from machine import finish, footer, record_header, save_result
 from machine import wait_quiet as _wait_quiet
 from torch import Tensor, nn
@@ -74,9 +75,7 @@ def _install_counter() -> None:
 
 def cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1))
+    return issue_cnn()
 
 
 def problems(quick: bool) -> dict[str, tuple[nn.Module, Tensor, Tensor]]:

@@ -39,10 +39,11 @@ FILED_GENERIC_S = {(16, 1000): 2.6, (32, 1000): 3.8}  # issue 13, same machine, 
 QUIET: dict[str, Any] = {"max_wait_s": 0.0, "waited_s": 0.0, "busy": []}
 
 
-def cnn() -> nn.Module:
+def cnn(out: int = 1) -> nn.Module:
+    """The issue's CNN (shared by the NTK benchmarks), with ``out`` outputs."""
     return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),
                          nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1))
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, out))
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int
