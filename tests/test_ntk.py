@@ -5,6 +5,7 @@ import torch
 from references import dense_mse_hessian, reference_kernel
 from torch import nn
 
+from catapults.linalg.gram import mirror_upper_, upper_tiles
 from catapults.models import MLP
 from catapults.ntk import (
     NTKError,
@@ -90,7 +91,7 @@ def test_gram_blocks():
 
 @pytest.mark.parametrize("block", [None, 7, 64])
 def test_gram_products_accumulated_on_the_upper_blocks(block):
-    from catapults.linalg.gram import add_gram_products_upper_, mirror_upper_
+    from catapults.linalg.gram import add_gram_products_upper_, sum_of_gram_products
 
     n = 50
     H, F, H2, L = (torch.randn(n, d, dtype=torch.float64) for d in (6, 4, 3, 5))
@@ -100,10 +101,49 @@ def test_gram_products_accumulated_on_the_upper_blocks(block):
     dense = (H @ H.T) * (0.3 * F @ F.T) + (H2 @ H2.T) * (F @ F.T + 0.7) + 2.0 * L @ L.T
     upper = torch.ones(n, n, dtype=torch.bool).triu()
     torch.testing.assert_close(K[upper], (K0 + dense)[upper])
-    blk = torch.arange(n) // (block or n)
-    below = blk[:, None] > blk[None, :]  # below the diagonal blocks: untouched
-    torch.testing.assert_close(K[below], K0[below])
+    touched = torch.zeros(n, n, dtype=torch.bool)
+    for r0, r1, c0, c1 in upper_tiles(n, leaf=block):
+        touched[r0:r1, c0:c1] = True
+    torch.testing.assert_close(K[~touched], K0[~touched])  # outside the tiles: untouched
+    assert not touched.tril(-1).all()  # the tiles skip most of the lower triangle
     torch.testing.assert_close(mirror_upper_(K - K0.triu() - K0.triu(1).T), dense)
+    sym = sum_of_gram_products(terms, n, torch.float64, torch.device("cpu"), block)
+    torch.testing.assert_close(sym, dense)
+    assert torch.equal(sym, sym.T)
+
+
+@pytest.mark.parametrize("n", [0, 1, 31, 128, 129, 333, 1000])
+@pytest.mark.parametrize("leaf", [None, 1, 7, 96])
+def test_upper_tiles_cover_the_upper_triangle_once(n, leaf):
+    from catapults.linalg.gram import LEAF
+
+    count = torch.zeros(n, n, dtype=torch.int64)
+    for r0, r1, c0, c1 in upper_tiles(n, leaf=leaf, strip=100):
+        assert r0 < r1 and c0 < c1
+        count[r0:r1, c0:c1] += 1
+        if r0 == c0:  # a square on the diagonal, computed whole
+            assert r1 == c1 and r1 - r0 <= (leaf or LEAF)
+        else:  # strictly above the diagonal, at most `strip` rows
+            assert r1 <= c0 and r1 - r0 <= 100
+    upper = torch.ones(n, n, dtype=torch.bool).triu()
+    assert (count[upper] == 1).all() and (count <= 1).all()
+    if n > 2 * (leaf or LEAF):  # the halving leaves little of the lower triangle computed
+        assert count.tril(-1).sum() <= n * (leaf or LEAF) / 2
+
+
+def test_syrk_upper_and_gram_against_dense_products():
+    from catapults.linalg.gram import syrk_upper_
+
+    g = torch.Generator().manual_seed(7)
+    F = torch.randn(40, 300, dtype=torch.float64, generator=g)
+    A0 = torch.randn(300, 300, dtype=torch.float64, generator=g)
+    A = mirror_upper_(syrk_upper_(A0.triu().clone(), F, 64), 50)
+    torch.testing.assert_close(A, A0.triu() + A0.triu(1).T + F.T @ F)
+    B = torch.randn(300, 20, dtype=torch.float64, generator=g, requires_grad=True)
+    K = gram(B, block=64)
+    assert torch.equal(K, K.T)
+    K.sum().backward()  # differentiable when its input is tracked
+    torch.testing.assert_close(B.grad, 2 * torch.ones(300, 300, dtype=torch.float64) @ B.detach())
 
 
 def test_float32_fast_path_matches_float64():

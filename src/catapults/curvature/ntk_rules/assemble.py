@@ -23,7 +23,7 @@ from torch import Tensor
 
 from catapults.curvature.ntk_rules.registry import Factor, GradFactor, HadamardFactor
 from catapults.errors import KernelError
-from catapults.linalg.gram import add_gram_products_upper_, default_block, gram, syrk_upper_
+from catapults.linalg.gram import add_gram_products_upper_, gram, syrk_upper_
 
 HADAMARD_MAX_ENTRIES = 2**25
 WIDE = 1024
@@ -203,6 +203,5 @@ def _add_grams_upper(K: Tensor, grads: list[Tensor], memory_budget: float) -> No
     cols = sum(G.shape[1] for G in narrow)
     if len(narrow) > 1 and N * cols * K.element_size() <= memory_budget:
         narrow = [torch.cat(narrow, 1)]
-    block = default_block(N)
     for G in wide + narrow:
-        syrk_upper_(K, G.T, block)
+        syrk_upper_(K, G.T)
