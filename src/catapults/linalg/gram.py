@@ -12,10 +12,11 @@ recursive ``syrk``): the square ``[lo, hi)²`` is the rectangle ``[lo, mid) × [
 the squares ``[lo, mid)²`` and ``[mid, hi)²``, down to squares of at most ``leaf`` rows, which
 are computed whole. That costs ``n²/2 + n·leaf/2`` products of rows instead of the
 ``n²/2 + n·block/2`` of rows of ``block``-row strips, with most of the work in large
-rectangles: measured on a 2-core AMD EPYC (2 threads, 2026-12-04), the Gram stage of the
-layer-wise MLP kernel ran at 1.32x / 1.17x / 1.06x its FLOP floor at n = 1000 / 2000 / 4000
-with leaves of 128 rows, against 1.39x / 1.24x / 1.13x with strips of 256-384 rows, and the
-Gram of a ``1000 × 38785`` Jacobian at 1.22x against 1.28x.
+rectangles. ``benchmarks/bench_gram.py`` (2-core AMD EPYC, 2 threads, 2026-12-04, side by
+side; docs/benchmarks.md): the Gram stage of the layer-wise MLP kernel ran at 1.41x / 1.23x /
+1.10x its FLOP floor at n = 1000 / 2000 / 4000 with leaves of 128 rows, against 1.50x / 1.42x /
+1.27x with the strips of 256-384 rows used before; the Gram of a Jacobian of 38,785 columns at
+1.30x / 1.35x (n = 256 / 1000) against 1.41x / 1.40x.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from torch import Tensor
 LEAF = 128
 """Rows of the largest square on the diagonal computed whole (the default ``block``): smaller
 squares waste fewer products but run at a lower rate (on 2 threads, ``(s, 1024) × (1024, s)``
-products ran at 130 / 168 / 194 GFLOP/s for s = 64 / 128 / 256; leaves of 96-192 rows measured
-within 2% of each other, 256 rows 4-8% slower)."""
+products ran at 130 / 168 / 194 GFLOP/s for s = 64 / 128 / 256). In ``bench_gram.py`` leaves of
+64, 128 and 256 rows were within 3% of each other on the MLP's Gram stage; on a Jacobian's Gram
+256 rows were 2-9% slower than 128, 64 rows the same."""
 
 STRIP = 1024
 """Most rows of one off-diagonal rectangle: bounds the scratch of
