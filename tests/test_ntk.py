@@ -514,3 +514,22 @@ def test_top_level_solvers_pass_bad_block_through_to_one_message():
     with pytest.raises(NTKError, match="block must be an integer"):
         stability.hessian_top_eigenpairs(model, X, torch.randn(10, 1, dtype=torch.float64), 2,
                                          block=-1)
+
+
+@pytest.mark.parametrize("method", ["auto", "rules", "jacobian"])
+def test_kernel_runs_few_probing_forward_passes(method):
+    """Besides the pass over all samples, a warm call probes the model on a few samples only:
+    the per-sample check (two passes), the choice of method (auto only) and one pass that
+    gives the output width and activation sizes (the generic path's ``vmap`` over samples also
+    shows as one pass on one sample). Each probe costs as much as the model's weights (an
+    NTK-scaled layer rescales them), which shows at small n and when watching every step."""
+    model = MLP(10, 2, width=32, depth=3, seed=0).double()
+    X = torch.randn(50, 10, dtype=torch.float64)
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda mod, args: sizes.append(args[0].shape[0]))
+    K = empirical_ntk(model, X, method=method)
+    sizes.clear()
+    torch.testing.assert_close(empirical_ntk(model, X, method=method), K, rtol=0, atol=0)
+    probes = [b for b in sizes if b < X.shape[0]]
+    assert len(probes) <= {"auto": 4, "rules": 3, "jacobian": 4}[method], sizes
+    assert max(probes) <= 5 and sizes.count(X.shape[0]) <= 1, sizes

@@ -299,11 +299,9 @@ def rules_factors(model: nn.Module, X: Tensor, *, memory_budget: float = 2e9,
     the factors of all samples, extrapolated from the first chunk, would exceed it."""
     pl = the_plan or plan(model)
     n = X.shape[0]
-    with torch.no_grad():
-        f1 = model(X[:1]).reshape(1, -1)
-    c = f1.shape[1]
-    act, big, _ = activation_sizes(model, X[:1])
-    act, big = f1.element_size() * act, f1.element_size() * big
+    probe = activation_sizes(model, X[:1])
+    c = probe.outputs
+    act, big = probe.itemsize * probe.total, probe.itemsize * probe.largest
     step = chunk_size or auto_chunk(n, 2 * (c + 2) * act, memory_budget / 2)
     if chunk_size is None and X.device.type != "cuda":  # in cache on a CPU (module docstring)
         step = min(step, auto_chunk(n, big, CHUNK_ACTIVATION_BYTES))

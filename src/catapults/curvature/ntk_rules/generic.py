@@ -19,6 +19,7 @@ slower there because of the per-chunk overhead of vmap).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -28,9 +29,25 @@ from catapults.curvature.precision import full_float32
 from catapults.linalg.gram import gram, mirror_upper_
 
 
-def activation_sizes(model: nn.Module, x1: Tensor) -> tuple[int, int, int]:
-    """From one forward pass on one sample: the numbers in the outputs of all leaf modules (an
-    activation-size proxy), in the largest of them, and the bytes per number of the output."""
+class Probe(NamedTuple):
+    """What one forward pass on one sample tells: the numbers in the outputs of all leaf
+    modules (an activation-size proxy), in the largest of them, in the model's output (``c``),
+    and the output's dtype."""
+
+    total: int
+    largest: int
+    outputs: int
+    dtype: torch.dtype
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+
+def activation_sizes(model: nn.Module, x1: Tensor) -> Probe:
+    """:class:`Probe` of ``model`` on the one sample ``x1`` (one forward pass, no graph); the
+    callers that need the output width take it from here instead of a forward pass of their
+    own (each costs as much as the model's weights, e.g. an NTK-scaled layer's rescaling)."""
     total, largest = [0], [0]
 
     def hook(mod, args, out):
@@ -48,19 +65,21 @@ def activation_sizes(model: nn.Module, x1: Tensor) -> tuple[int, int, int]:
         for h in handles:
             h.remove()
     floor = max(out.numel(), x1.numel())
-    return max(total[0], floor), max(largest[0], floor), out.element_size()
+    return Probe(max(total[0], floor), max(largest[0], floor), out.numel(), out.dtype)
 
 
 def _bytes(act: int, itemsize: int, p: int, c: int) -> int:
     return int(itemsize * (2 * c * p + 2 * (c + 1) * act))
 
 
-def bytes_per_sample(model: nn.Module, X: Tensor, p: int, c: int) -> int:
+def bytes_per_sample(model: nn.Module, X: Tensor, p: int, c: int, *,
+                     probe: Probe | None = None) -> int:
     """Estimated bytes one sample costs inside ``vmap(jacrev)``: its ``c`` Jacobian rows (twice:
     the chunk and its concatenation) and ``c + 1`` copies of its activations (the forward pass
-    and one backward pass per output), times a safety factor 2 for temporaries."""
-    act, _, itemsize = activation_sizes(model, X[:1])
-    return _bytes(act, itemsize, p, c)
+    and one backward pass per output), times a safety factor 2 for temporaries. ``probe``:
+    :func:`activation_sizes` of ``X[:1]`` when the caller has it."""
+    probe = probe or activation_sizes(model, X[:1])
+    return _bytes(probe.total, probe.itemsize, p, c)
 
 
 def auto_chunk(n: int, per_sample: int, memory_budget: float) -> int:
@@ -72,12 +91,15 @@ CHUNK_ACTIVATION_BYTES = 8 * 2**20
 """The largest activation (output of a leaf module) of one chunk of samples on the generic path."""
 
 
-def chunk_for(model: nn.Module, X: Tensor, p: int, c: int, memory_budget: float) -> int:
+def chunk_for(model: nn.Module, X: Tensor, p: int, c: int, memory_budget: float, *,
+              probe: Probe | None = None) -> int:
     """Samples per ``vmap(jacrev)`` chunk: within ``memory_budget`` and
-    :data:`CHUNK_ACTIVATION_BYTES` (module docstring)."""
-    act, big, itemsize = activation_sizes(model, X[:1])
+    :data:`CHUNK_ACTIVATION_BYTES` (module docstring). ``probe``: :func:`activation_sizes` of
+    ``X[:1]`` when the caller has it."""
+    probe = probe or activation_sizes(model, X[:1])
+    big, itemsize = probe.largest, probe.itemsize
     n = X.shape[0]
-    step = auto_chunk(n, _bytes(act, itemsize, p, c), memory_budget)
+    step = auto_chunk(n, _bytes(probe.total, itemsize, p, c), memory_budget)
     if X.device.type == "cuda":  # no CPU cache to stay in: bigger launches win (H200: the cap
         return step              # made the CNN 1.8x slower than fixed chunks of 64)
     return min(step, auto_chunk(n, itemsize * big, CHUNK_ACTIVATION_BYTES))
@@ -102,10 +124,9 @@ def per_sample_jacobian(model: nn.Module, X: Tensor, *, chunk_size: int | None =
 
     n = X.shape[0]
     if chunk_size is None:
-        with torch.no_grad():
-            c = model(X[:1]).reshape(1, -1).shape[1]
+        probe = activation_sizes(model, X[:1])
         p = sum(v.numel() for v in params.values())
-        chunk_size = chunk_for(model, X, p, c, memory_budget)
+        chunk_size = chunk_for(model, X, p, probe.outputs, memory_budget, probe=probe)
     jac_fn = vmap(jacrev(f_single), in_dims=(None, 0))
     rows = []
     for i in range(0, n, chunk_size):
@@ -126,10 +147,9 @@ def generic_ntk(model: nn.Module, X: Tensor, kind: str, chunk_size: int | None,
     if names is None:
         names = [k for k, v in allp.items() if v.requires_grad]
     p = sum(allp[k].numel() for k in names)
-    with torch.no_grad():
-        f1 = model(X[:1]).reshape(1, -1)
-    c, dtype, itemsize = f1.shape[1], f1.dtype, f1.element_size()
-    chunk = chunk_size or chunk_for(model, X, p, c, memory_budget)
+    probe = activation_sizes(model, X[:1])
+    c, dtype, itemsize = probe.outputs, probe.dtype, probe.itemsize
+    chunk = chunk_size or chunk_for(model, X, p, c, memory_budget, probe=probe)
     if n * c * p * itemsize <= memory_budget:
         J = per_sample_jacobian(model, X, chunk_size=chunk, names=names)
         K = gram(J)
@@ -137,7 +157,7 @@ def generic_ntk(model: nn.Module, X: Tensor, kind: str, chunk_size: int | None,
         # blocks as large as fit (two blocks of J at once, plus one chunk's activations): each
         # block row recomputes the blocks right of it, so fewer, larger blocks recompute less;
         # each block is formed in chunks of ``chunk`` samples
-        per = bytes_per_sample(model, X, p, c)
+        per = bytes_per_sample(model, X, p, c, probe=probe)
         step = chunk_size or auto_chunk(n, per + c * p * itemsize, memory_budget)
         K = torch.empty(n * c, n * c, dtype=dtype, device=X.device)
         starts = list(range(0, n, step))
