@@ -72,7 +72,12 @@ from catapults.curvature.ntk_rules.engine import (
     rules_factors,
     rules_ntk,
 )
-from catapults.curvature.ntk_rules.generic import generic_ntk, per_sample_jacobian
+from catapults.curvature.ntk_rules.generic import (
+    Probe,
+    activation_sizes,
+    generic_ntk,
+    per_sample_jacobian,
+)
 from catapults.curvature.ntk_rules.linear import LINEAR_RULES, register_linear_rule
 from catapults.curvature.ntk_rules.products import factor_products
 from catapults.curvature.ntk_rules.registry import (
@@ -147,24 +152,25 @@ def empirical_ntk(
             return K
         with torch.no_grad():
             return K, model(X).reshape(X.shape[0], -1)
-    out = None
+    out = probe = None
     chose_rules = False
     if method in ("auto", "rules"):
         pl = plan(model)  # checks each ruled module (BatchNorm in training mode: KernelError)
         if method == "auto":
-            method = _auto_method(model, X, pl, memory_budget)
+            probe = auto_probe(model, X, pl)
+            method = _auto_method(model, X, pl, memory_budget, probe=probe)
             chose_rules = method == "rules"
     if method == "rules":
         try:
             verify_rules(model, X, pl)
             K, out = rules_ntk(model, X, kind, memory_budget=memory_budget,
-                               chunk_size=chunk_size, the_plan=pl)
+                               chunk_size=chunk_size, the_plan=pl, probe=probe)
         except RulesMismatch:
             if not chose_rules:
                 raise
             method = "jacobian"  # auto: the rules do not describe this model
     if method == "jacobian":
-        K = generic_ntk(model, X, kind, chunk_size, memory_budget)
+        K = generic_ntk(model, X, kind, chunk_size, memory_budget, probe=probe)
     elif method == "matvec":
         K = _matvec_ntk(model, X, kind, chunk_size or 64)
     if not return_outputs:
@@ -203,7 +209,7 @@ def check_budget(memory_budget: float) -> None:
 
 
 def _auto_method(model: nn.Module, X: Tensor, pl: Plan, memory_budget: float = 2e9, *,
-                 cuda: bool | None = None) -> str:
+                 cuda: bool | None = None, probe: Probe | None = None) -> str:
     """``"rules"`` when rules that form no per-sample gradients cover at least
     :data:`AUTO_RULES_FRACTION` of the trainable parameters, else ``"jacobian"``. A dense layer
     applied over positions (an input with more than two dimensions: tokens, a ViT's patches)
@@ -217,32 +223,26 @@ def _auto_method(model: nn.Module, X: Tensor, pl: Plan, memory_budget: float = 2
     ``memory_budget``: the generic path then recomputes Jacobian blocks, and the rules path,
     in groups of modules whose factors fit (:func:`~.ntk_rules.engine.rules_ntk`), was 2.8x
     faster on WRN-16-4 at n = 256 (23 s against 65 s, one thread; docs/benchmarks.md).
-    ``cuda``: decide as for a CUDA device or not (default: ``X``'s device)."""
-    seen: set[str] = set()
-    hooks = []
-    for r in pl.ruled:
-        if r.rule.per_sample:
-            continue
-
-        def hook(mod, args, out, name=r.name):
-            if args and isinstance(args[0], Tensor) and args[0].dim() > 2:
-                seen.add(name)
-        hooks.append(r.module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            out = model(X[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    ``cuda``: decide as for a CUDA device or not (default: ``X``'s device). ``probe``:
+    :func:`auto_probe` of the model, when the caller has it."""
+    probe = probe or auto_probe(model, X, pl)
     p = {id(v): v.numel() for v in model.parameters() if v.requires_grad}
-    covered = sum(p[i] for r in pl.ruled if not r.rule.per_sample and r.name not in seen
-                  for i in r.want.values())
+    covered = sum(p[i] for r in pl.ruled if not r.rule.per_sample
+                  and r.name not in probe.wide_inputs for i in r.want.values())
     on_cuda = X.device.type == "cuda" if cuda is None else cuda
-    rows = X.shape[0] * out.reshape(1, -1).shape[1]
-    if on_cuda or rows * sum(p.values()) * out.element_size() > memory_budget:
+    rows = X.shape[0] * probe.outputs
+    if on_cuda or rows * sum(p.values()) * probe.itemsize > memory_budget:
         covered += sum(p[i] for r in pl.ruled if r.rule.per_sample and r.rule.fast_on_cuda
                        for i in r.want.values())
     return "rules" if covered / max(1, sum(p.values())) >= AUTO_RULES_FRACTION else "jacobian"
+
+
+def auto_probe(model: nn.Module, X: Tensor, pl: Plan) -> Probe:
+    """The one forward pass on ``X[:1]`` that both :func:`_auto_method` (which cheap rules see
+    inputs of more than two dimensions) and the chosen path (output width, activation sizes)
+    read."""
+    return activation_sizes(model, X[:1], watch={r.name: r.module for r in pl.ruled
+                                                 if not r.rule.per_sample})
 
 
 def _matvec_ntk(model: nn.Module, X: Tensor, kind: str, block: int) -> Tensor:

@@ -34,6 +34,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from catapults.curvature.ntk_rules.assemble import assemble, merge_calls, merge_chunks
 from catapults.curvature.ntk_rules.attention import float_outputs
 from catapults.curvature.ntk_rules.generic import (
+    Probe,
     activation_sizes,
     auto_chunk,
     generic_ntk,
@@ -203,21 +204,23 @@ def _stack(slot: list[Tensor]) -> Tensor:
 
 
 def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 2e9,
-              chunk_size: int | None = None, the_plan: Plan | None = None
-              ) -> tuple[Tensor, Tensor]:
+              chunk_size: int | None = None, the_plan: Plan | None = None,
+              probe: Probe | None = None) -> tuple[Tensor, Tensor]:
     """``(K, f(X))`` by the rules path (see module doc), the generic path for the rest.
 
     When the factors of all samples would pass half of ``memory_budget`` (a ResNet's per-sample
     convolution gradients are ``J``'s size), the ruled modules are taken in groups whose factors
     fit (:func:`factor_groups`), one forward pass and ``c`` backward passes per group, each
-    group's contribution added to ``K`` and its factors freed."""
+    group's contribution added to ``K`` and its factors freed. ``probe``:
+    :func:`~.generic.activation_sizes` of ``X[:1]`` when the caller has it."""
     pl = the_plan or plan(model)
+    probe = probe or activation_sizes(model, X[:1])
     n = X.shape[0]
     remainder = list(pl.remainder)
     K = f = None
     for group in factor_groups(model, X, pl, memory_budget / 2):
         got = rules_factors(model, X, memory_budget=memory_budget, chunk_size=chunk_size,
-                            the_plan=Plan(group, [], pl.names))
+                            the_plan=Plan(group, [], pl.names), probe=probe)
         assert got is not None  # no factor limit was set
         factors, gpl, f = got
         remainder += gpl.remainder  # parameters the graph check found used outside
@@ -227,7 +230,7 @@ def rules_ntk(model: nn.Module, X: Tensor, kind: str, *, memory_budget: float = 
     assert K is not None and f is not None
     if remainder:
         K.add_(remainder_ntk(model, X, kind, Plan([], remainder, pl.names), chunk_size,
-                             memory_budget))
+                             memory_budget, probe=probe))
     return mirror_upper_(K), f
 
 
@@ -290,7 +293,7 @@ def factor_groups(model: nn.Module, X: Tensor, pl: Plan, limit: float) -> list[l
 
 def rules_factors(model: nn.Module, X: Tensor, *, memory_budget: float = 2e9,
                   chunk_size: int | None = None, the_plan: Plan | None = None,
-                  max_factor_bytes: float | None = None
+                  max_factor_bytes: float | None = None, probe: Probe | None = None
                   ) -> tuple[list[Factor], Plan, Tensor] | None:
     """The rules' factors for all samples, the final plan (parameters whose use the graph check
     found outside their module moved to ``remainder``) and the outputs ``f(X)`` ``(n, c)``.
@@ -299,7 +302,7 @@ def rules_factors(model: nn.Module, X: Tensor, *, memory_budget: float = 2e9,
     the factors of all samples, extrapolated from the first chunk, would exceed it."""
     pl = the_plan or plan(model)
     n = X.shape[0]
-    probe = activation_sizes(model, X[:1])
+    probe = probe or activation_sizes(model, X[:1])
     c = probe.outputs
     act, big = probe.itemsize * probe.total, probe.itemsize * probe.largest
     step = chunk_size or auto_chunk(n, 2 * (c + 2) * act, memory_budget / 2)
@@ -375,11 +378,12 @@ def factor_bytes(factors: list[Factor]) -> int:
 
 
 def remainder_ntk(model: nn.Module, X: Tensor, kind: str, pl: Plan, chunk_size: int | None,
-                  memory_budget: float) -> Tensor:
+                  memory_budget: float, *, probe: Probe | None = None) -> Tensor:
     """The generic path on the parameters no rule covers (the others held fixed); a failure
     there is a KernelError naming their modules."""
     try:
-        return generic_ntk(model, X, kind, chunk_size, memory_budget, names=pl.remainder)
+        return generic_ntk(model, X, kind, chunk_size, memory_budget, names=pl.remainder,
+                           probe=probe)
     except KernelError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure of vmap(jacrev) on a foreign module

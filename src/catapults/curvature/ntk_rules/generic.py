@@ -32,23 +32,29 @@ from catapults.linalg.gram import gram, mirror_upper_
 class Probe(NamedTuple):
     """What one forward pass on one sample tells: the numbers in the outputs of all leaf
     modules (an activation-size proxy), in the largest of them, in the model's output (``c``),
-    and the output's dtype."""
+    the output's dtype, and which of the watched modules were called on an input with more
+    than two dimensions (tokens, patches, images)."""
 
     total: int
     largest: int
     outputs: int
     dtype: torch.dtype
+    wide_inputs: frozenset[str] = frozenset()
 
     @property
     def itemsize(self) -> int:
         return torch.empty((), dtype=self.dtype).element_size()
 
 
-def activation_sizes(model: nn.Module, x1: Tensor) -> Probe:
-    """:class:`Probe` of ``model`` on the one sample ``x1`` (one forward pass, no graph); the
-    callers that need the output width take it from here instead of a forward pass of their
-    own (each costs as much as the model's weights, e.g. an NTK-scaled layer's rescaling)."""
+def activation_sizes(model: nn.Module, x1: Tensor, *,
+                     watch: dict[str, nn.Module] | None = None) -> Probe:
+    """:class:`Probe` of ``model`` on the one sample ``x1`` (one forward pass, no graph), with
+    the modules of ``watch`` (``{name: module}``) checked for inputs of more than two
+    dimensions. The callers that need the output width or those inputs take them from here
+    instead of a forward pass of their own (each costs as much as the model's weights, e.g. an
+    NTK-scaled layer's rescaling)."""
     total, largest = [0], [0]
+    wide: set[str] = set()
 
     def hook(mod, args, out):
         for t in (out if isinstance(out, (tuple, list)) else (out,)):
@@ -56,8 +62,15 @@ def activation_sizes(model: nn.Module, x1: Tensor) -> Probe:
                 total[0] += t.numel()
                 largest[0] = max(largest[0], t.numel())
 
+    def watcher(name):
+        def hook_in(mod, args, out):
+            if args and isinstance(args[0], Tensor) and args[0].dim() > 2:
+                wide.add(name)
+        return hook_in
+
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if next(m.children(), None) is None]
+    handles += [m.register_forward_hook(watcher(k)) for k, m in (watch or {}).items()]
     try:
         with torch.no_grad():
             out = model(x1)
@@ -65,7 +78,8 @@ def activation_sizes(model: nn.Module, x1: Tensor) -> Probe:
         for h in handles:
             h.remove()
     floor = max(out.numel(), x1.numel())
-    return Probe(max(total[0], floor), max(largest[0], floor), out.numel(), out.dtype)
+    return Probe(max(total[0], floor), max(largest[0], floor), out.numel(), out.dtype,
+                 frozenset(wide))
 
 
 def _bytes(act: int, itemsize: int, p: int, c: int) -> int:
@@ -137,17 +151,19 @@ def per_sample_jacobian(model: nn.Module, X: Tensor, *, chunk_size: int | None =
 
 
 def generic_ntk(model: nn.Module, X: Tensor, kind: str, chunk_size: int | None,
-                memory_budget: float, names: list[str] | None = None) -> Tensor:
+                memory_budget: float, names: list[str] | None = None, *,
+                probe: Probe | None = None) -> Tensor:
     """``J Jᵀ`` from per-sample Jacobians over the parameters ``names`` (default: all trainable).
     When ``J`` fits in ``memory_budget`` it is formed in chunks of :func:`chunk_for` samples,
     then one exactly symmetric :func:`gram`; otherwise Jacobian blocks are recomputed block row
-    by block row and only the upper-triangle blocks are multiplied."""
+    by block row and only the upper-triangle blocks are multiplied. ``probe``:
+    :func:`activation_sizes` of ``X[:1]`` when the caller has it."""
     n = X.shape[0]
     allp = dict(model.named_parameters())
     if names is None:
         names = [k for k, v in allp.items() if v.requires_grad]
     p = sum(allp[k].numel() for k in names)
-    probe = activation_sizes(model, X[:1])
+    probe = probe or activation_sizes(model, X[:1])
     c, dtype, itemsize = probe.outputs, probe.dtype, probe.itemsize
     chunk = chunk_size or chunk_for(model, X, p, c, memory_budget, probe=probe)
     if n * c * p * itemsize <= memory_budget:
