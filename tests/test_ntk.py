@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from references import dense_mse_hessian, reference_kernel
+from references import dense_mse_hessian, fd_jacobian, reference_kernel
 from torch import nn
 
 from catapults.linalg.gram import mirror_upper_, upper_tiles
@@ -73,6 +73,22 @@ def test_generic_path_chunked_without_storing_J():
     X = torch.randn(11, 5, dtype=torch.float64)
     K_small = empirical_ntk(model, X, method="generic", chunk_size=3, memory_budget=1)
     torch.testing.assert_close(K_small, reference_kernel(model, X, "full"), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 7])
+def test_per_sample_jacobian_in_chunks_against_finite_differences(chunk):
+    """Chunks are written into one preallocated J (multi-output, sample-major rows, columns in
+    parameter order): every chunking gives the same J as finite differences."""
+    g = torch.Generator().manual_seed(11)
+    model = SmallCNN().double()
+    X = torch.randn(7, 2, 5, 5, dtype=torch.float64, generator=g)
+    J = per_sample_jacobian(model, X, chunk_size=chunk)
+    assert J.shape == (7 * 2, sum(q.numel() for q in model.parameters()))
+    torch.testing.assert_close(J, fd_jacobian(model, X), rtol=1e-6, atol=1e-8)
+    first = next(iter(dict(model.named_parameters())))
+    J1 = per_sample_jacobian(model, X, chunk_size=chunk, names=[first])
+    torch.testing.assert_close(J1, J[:, :J1.shape[1]], rtol=0, atol=0)
+    assert per_sample_jacobian(model, X, chunk_size=chunk, names=[]).shape == (14, 0)
 
 
 def test_frozen_parameters_are_excluded():
@@ -521,8 +537,9 @@ def test_kernel_runs_few_probing_forward_passes(method):
     """Besides the pass over all samples, a warm call probes the model on a few samples only:
     the per-sample check (two passes) and one pass that gives the output width, the activation
     sizes and, for ``auto``, the input shapes that choose the method (the generic path's
-    ``vmap`` over samples also shows as one pass on one sample). Each probe costs as much as the model's weights (an
-    NTK-scaled layer rescales them), which shows at small n and when watching every step."""
+    ``vmap`` over samples also shows as one pass on one sample). Each probe costs as much as
+    the model's weights (an NTK-scaled layer rescales them), which shows at small n and when
+    watching every step."""
     model = MLP(10, 2, width=32, depth=3, seed=0).double()
     X = torch.randn(50, 10, dtype=torch.float64)
     sizes: list[int] = []
