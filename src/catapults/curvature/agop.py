@@ -145,8 +145,9 @@ def agop(f: Predictor, X: Tensor, *, chunk_size: int | None = DEFAULT_CHUNK,
         chunk_size: samples per forward/backward pass (``None``: all at once). Memory is
             ``O(chunk_size · (activations + c·d) + d²)``.
         check: refuse predictors whose outputs mix samples (:class:`AGOPError`).
-        block: block size of the symmetric accumulation (only blocks on or above the diagonal
-            are multiplied, then mirrored).
+        block: rows of the largest square on the diagonal multiplied whole in the symmetric
+            accumulation (the rest of the upper triangle in rectangles, then mirrored:
+            :func:`catapults.linalg.gram.upper_tiles`); a positive integer.
 
     Returns:
         ``(d, d)`` symmetric tensor in ``X``'s dtype and device.

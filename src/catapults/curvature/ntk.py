@@ -225,7 +225,8 @@ def _auto_method(model: nn.Module, X: Tensor, pl: Plan, memory_budget: float = 2
     faster on WRN-16-4 at n = 256 (23 s against 65 s, one thread; docs/benchmarks.md).
     ``cuda``: decide as for a CUDA device or not (default: ``X``'s device). ``probe``:
     :func:`auto_probe` of the model, when the caller has it."""
-    probe = probe or auto_probe(model, X, pl)
+    if probe is None or probe.wide_inputs is None:  # a probe that watched no inputs
+        probe = auto_probe(model, X, pl)
     p = {id(v): v.numel() for v in model.parameters() if v.requires_grad}
     covered = sum(p[i] for r in pl.ruled if not r.rule.per_sample
                   and r.name not in probe.wide_inputs for i in r.want.values())

@@ -31,10 +31,11 @@ products ran at 130 / 168 / 194 GFLOP/s for s = 64 / 128 / 256). In ``bench_gram
 64, 128 and 256 rows were within 3% of each other on the MLP's Gram stage; on a Jacobian's Gram
 256 rows were 2-9% slower than 128, 64 rows the same."""
 
-STRIP = 1024
+STRIP = 512
 """Most rows of one off-diagonal rectangle: bounds the scratch of
-:func:`add_gram_products_upper_` at ``STRIP · n / 2`` entries (cost measured within noise of
-unbounded rectangles at n = 1000-4000)."""
+:func:`add_gram_products_upper_` at two buffers of ``STRIP · n / 2`` entries (no more than the
+strips of 256-384 rows took before; strips of 512 and 1024 rows and unbounded rectangles
+measured within noise of each other at n = 1000-4000)."""
 
 _ALIGN = 32
 
@@ -53,13 +54,24 @@ def _split(lo: int, hi: int) -> int:
     return lo + (aligned if aligned < hi - lo else half)
 
 
+def _rows(value: int | None, default: int, name: str) -> int:
+    """A number of rows: ``default`` for None or 0, else a positive integer (ValueError)."""
+    if not value:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive number of rows, got {value!r}")
+    return value
+
+
 def upper_tiles(n: int, *, leaf: int | None = None,
-                strip: int = STRIP) -> list[tuple[int, int, int, int]]:
+                strip: int | None = None) -> list[tuple[int, int, int, int]]:
     """Disjoint rectangles ``(r0, r1, c0, c1)`` (rows ``r0:r1``, columns ``c0:c1``) that cover
     every entry ``(i, j)`` with ``i <= j`` of an ``n × n`` matrix, and nothing else but the
-    lower halves of the squares on the diagonal (``r0 == c0``, at most ``leaf`` rows each).
-    Off-diagonal rectangles have at most ``strip`` rows. See the module docstring."""
-    leaf = max(1, leaf or LEAF)
+    lower halves of the squares on the diagonal (``r0 == c0``, at most ``leaf`` rows each,
+    default :data:`LEAF`). Off-diagonal rectangles have at most ``strip`` rows (default
+    :data:`STRIP`). See the module docstring."""
+    leaf = _rows(leaf, LEAF, "block")
+    strip = _rows(strip, STRIP, "strip")
     tiles: list[tuple[int, int, int, int]] = []
     todo = [(0, n)] if n > 0 else []
     while todo:
@@ -84,7 +96,7 @@ def mirror_upper_(A: Tensor, block: int | None = None) -> Tensor:
     squares of ``block`` rows (any size: only the upper triangle is read): ``A`` becomes exactly
     symmetric. Returns ``A``."""
     n = A.shape[0]
-    block = block or 256
+    block = _rows(block, 256, "block")
     for i in range(0, n, block):
         _mirror_square_(A[i:i + block, i:i + block])
         A[i + block:, i:i + block] = A[i:i + block, i + block:].T
@@ -94,15 +106,17 @@ def mirror_upper_(A: Tensor, block: int | None = None) -> Tensor:
 def gram(A: Tensor, *, block: int | None = None) -> Tensor:
     """``A @ A.T`` for ``A`` of shape ``(n, m)``, exactly symmetric, computing the rectangles of
     :func:`upper_tiles` (squares of at most ``block`` rows on the diagonal) and mirroring: about
-    half the flops of a plain matmul. For ``n <= block`` this is a single matmul."""
+    half the flops of a plain matmul. For ``n <= block`` this is a single matmul. Works under
+    autograd and, for ``n <= block``, under ``vmap`` and forward-mode AD (each rectangle is
+    computed, then copied in: one pass over ``n²/2`` entries, which ``mm(out=...)`` would save
+    but no ``torch.func`` transform supports)."""
     n = A.shape[0]
-    out = torch.empty(n, n, dtype=A.dtype, device=A.device)
-    tracked = A.requires_grad and torch.is_grad_enabled()  # mm(out=...) is not differentiable
-    for r0, r1, c0, c1 in upper_tiles(n, leaf=block):
-        if tracked:
-            out[r0:r1, c0:c1] = A[r0:r1] @ A[c0:c1].T
-        else:
-            torch.mm(A[r0:r1], A[c0:c1].T, out=out[r0:r1, c0:c1])
+    tiles = upper_tiles(n, leaf=block)
+    if len(tiles) <= 1:
+        return _mirror_square_(A @ A.T)
+    out = A.new_empty(n, n)
+    for r0, r1, c0, c1 in tiles:
+        out[r0:r1, c0:c1] = A[r0:r1] @ A[c0:c1].T
     return mirror_upper_(out)
 
 

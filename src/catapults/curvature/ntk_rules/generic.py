@@ -18,6 +18,7 @@ slower there because of the per-chunk overhead of vmap).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -39,7 +40,7 @@ class Probe(NamedTuple):
     largest: int
     outputs: int
     dtype: torch.dtype
-    wide_inputs: frozenset[str] = frozenset()
+    wide_inputs: frozenset[str] | None = None  # None: made without ``watch``
 
     @property
     def itemsize(self) -> int:
@@ -68,10 +69,13 @@ def activation_sizes(model: nn.Module, x1: Tensor, *,
                 wide.add(name)
         return hook_in
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if next(m.children(), None) is None]
-    handles += [m.register_forward_hook(watcher(k)) for k, m in (watch or {}).items()]
-    try:
+    handles = []
+    try:  # registering can fail too (a scripted module): the hooks so far are removed
+        for m in model.modules():
+            if next(m.children(), None) is None:
+                handles.append(m.register_forward_hook(hook))
+        for k, m in (watch or {}).items():
+            handles.append(m.register_forward_hook(watcher(k)))
         with torch.no_grad():
             out = model(x1)
     finally:
@@ -79,7 +83,7 @@ def activation_sizes(model: nn.Module, x1: Tensor, *,
             h.remove()
     floor = max(out.numel(), x1.numel())
     return Probe(max(total[0], floor), max(largest[0], floor), out.numel(), out.dtype,
-                 frozenset(wide))
+                 None if watch is None else frozenset(wide))
 
 
 def _bytes(act: int, itemsize: int, p: int, c: int) -> int:
@@ -151,8 +155,9 @@ def per_sample_jacobian(model: nn.Module, X: Tensor, *, chunk_size: int | None =
     for i in range(0, n, chunk_size):
         jac = list(jac_fn(params, X[i:i + chunk_size]).values())  # each (b, c, *shape)
         b, c = jac[0].shape[:2]
-        if J is None:
-            J = jac[0].new_empty(n * c, sum(v[0, 0].numel() for v in jac))
+        if J is None:  # in the promoted dtype of all parameters, as a concatenation would be
+            dtype = functools.reduce(torch.promote_types, [v.dtype for v in jac])
+            J = jac[0].new_empty(n * c, sum(v[0, 0].numel() for v in jac), dtype=dtype)
         col = 0
         for v in jac:
             w = v[0, 0].numel()
