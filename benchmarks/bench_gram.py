@@ -20,6 +20,7 @@ A sweep of the leaf size (``--leaves``) shows where the default :data:`LEAF` sit
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -143,7 +144,8 @@ def main() -> None:
     ap.add_argument("--leaves", default=f"64,{G.LEAF},256")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--wait-idle", type=float, default=0.0)
+    ap.add_argument("--wait-idle", type=float,
+                    default=float(os.environ.get("BENCH_WAIT_IDLE", 0) or 0))
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="smoke run: n = 300, 1 repeat")
     args = ap.parse_args()
