@@ -37,6 +37,26 @@ def test_ntk_parameterisation_layer():
     assert std.weight.abs().max() <= 1 / 20.0  # torch default U(-1/sqrt(in), 1/sqrt(in))
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(5, 7), (3, 4, 7), (7,)])
+def test_scaled_linear_scales_its_product_against_the_definition(bias, shape):
+    """``weight_scale · x Wᵀ + bias_scale · b`` on a batch, tokens and one vector (as under
+    vmap), with the gradients of the scaled-weight definition, in float64."""
+    gen = torch.Generator().manual_seed(1)
+    layer = ScaledLinear(7, 3, bias=bias, parameterization="ntk", bias_scale=0.3,
+                         generator=gen, dtype=torch.float64)
+    x = torch.randn(*shape, dtype=torch.float64, generator=gen)
+    out = layer(x)
+    b = 0.3 * layer.bias if bias else 0.0
+    ref = x @ (layer.weight / 7 ** 0.5).T + b
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
+    g = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+    grads = torch.autograd.grad(out, list(layer.parameters()), g)
+    ref_grads = torch.autograd.grad(ref, list(layer.parameters()), g)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("opt,batch", [("gd", None), ("sgd", 16), ("momentum", 16),
                                        ("momentum", None), ("adam", 16)])
 def test_optimisers_reduce_loss_and_are_deterministic(opt, batch):
