@@ -40,12 +40,6 @@ measured within noise of each other at n = 1000-4000)."""
 _ALIGN = 32
 
 
-def default_block(n: int) -> int:
-    """The leaf size used when none is given: :data:`LEAF` (``n`` is accepted for callers that
-    size by it)."""
-    return LEAF
-
-
 def _split(lo: int, hi: int) -> int:
     """Where ``[lo, hi)`` is halved: the half rounded up to a multiple of 32 rows (aligned
     products), or the plain half when that would leave nothing on the right."""

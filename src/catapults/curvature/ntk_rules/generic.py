@@ -44,7 +44,7 @@ class Probe(NamedTuple):
 
     @property
     def itemsize(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
+        return self.dtype.itemsize
 
 
 def activation_sizes(model: nn.Module, x1: Tensor, *,
